@@ -1,0 +1,1 @@
+"""Redis Lua scripts, one per file, shipped as package data (``gateway.lua``)."""
