@@ -89,7 +89,7 @@ def render(exc: GatewayError, request_id: str) -> web.Response:
     return web.Response(status=exc.status, body=error_body(exc.error_type, exc.message, request_id), headers=headers)
 
 
-REQUEST_ID_KEY = "gateway_request_id"
+REQUEST_ID_KEY = web.RequestKey("gateway_request_id", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

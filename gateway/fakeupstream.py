@@ -68,7 +68,7 @@ def usage(
 
 
 def message_json(
-    text: str, *, model: str = "claude-sonnet-4-5", usage_: dict[str, Any] | None = None,
+    text: str, *, model: str = "claude-opus-5-5", usage_: dict[str, Any] | None = None,
     content: list[dict[str, Any]] | None = None, stop_reason: str = "end_turn",
 ) -> dict[str, Any]:
     return {
@@ -84,7 +84,7 @@ def message_json(
 
 
 def text_stream(
-    pieces: Iterable[str], *, model: str = "claude-sonnet-4-5", start_usage: dict[str, Any] | None = None,
+    pieces: Iterable[str], *, model: str = "claude-opus-5-5", start_usage: dict[str, Any] | None = None,
     output_tokens: int | None = None,
 ) -> list[Event]:
     """The event sequence of a streamed text reply."""
@@ -111,7 +111,7 @@ def text_stream(
     return events
 
 
-def tool_use_stream(name: str, tool_input: dict[str, Any], *, model: str = "claude-sonnet-4-5") -> list[Event]:
+def tool_use_stream(name: str, tool_input: dict[str, Any], *, model: str = "claude-opus-5-5") -> list[Event]:
     msg = message_json("", model=model, usage_=usage(output_tokens=1), content=[])
     msg["stop_reason"] = None
     raw = orjson.dumps(tool_input).decode()
@@ -157,7 +157,8 @@ class FakeUpstream:
 
     async def _record(self, request: web.Request) -> Seen:
         body = await request.read()
-        seen = Seen(request.method, request.path, request.query_string, dict(request.headers), body)
+        headers = {str(k): v for k, v in request.headers.items()}
+        seen = Seen(request.method, request.path, request.query_string, headers, body)
         if self.record:
             self.seen.append(seen)
         return seen
@@ -180,7 +181,7 @@ class FakeUpstream:
         except orjson.JSONDecodeError:
             payload = {}
         stream = bool(payload.get("stream")) if isinstance(payload, dict) else False
-        model = payload.get("model", "claude-sonnet-4-5") if isinstance(payload, dict) else "claude-sonnet-4-5"
+        model = payload.get("model", "claude-opus-5-5") if isinstance(payload, dict) else "claude-opus-5-5"
         if answer is None:
             words = [f"word{i} " for i in range(self.deltas)]
             in_tokens = max(1, len(seen.body) // 4)
@@ -239,11 +240,11 @@ class FakeUpstream:
         denied = self._auth_error(request)
         if denied is not None:
             return denied
-        return web.json_response({"data": [{"type": "model", "id": "claude-sonnet-4-5",
-                                            "display_name": "Claude Sonnet 4.5",
+        return web.json_response({"data": [{"type": "model", "id": "claude-opus-5-5",
+                                            "display_name": "Claude Opus 5.5",
                                             "created_at": "2025-09-29T00:00:00Z"}],
-                                  "has_more": False, "first_id": "claude-sonnet-4-5",
-                                  "last_id": "claude-sonnet-4-5"})
+                                  "has_more": False, "first_id": "claude-opus-5-5",
+                                  "last_id": "claude-opus-5-5"})
 
     async def _model(self, request: web.Request) -> web.Response:
         await self._record(request)

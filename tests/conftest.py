@@ -83,3 +83,12 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.from_url(redis_url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def gateway(aiohttp_server, pg_dsn: str, redis_url: str, redis_prefix: str, tmp_path):  # type: ignore[no-untyped-def]
+    from tests.harness import running_gateway
+
+    async with running_gateway(aiohttp_server, pg_dsn=pg_dsn, redis_url=redis_url, redis_prefix=redis_prefix,
+                               data_dir=tmp_path) as harness:
+        yield harness

@@ -1,0 +1,163 @@
+"""The app factory. Nothing happens at import; every resource is opened by one cleanup context, in order, and
+closed in reverse: the transcript writer drains before the Postgres pool closes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import orjson
+from aiohttp import web
+from pydantic import SecretStr
+
+from . import appkeys
+from .db import create_pool
+from .embedded import Endpoints, data_path, resolve
+from .errors import error_middleware
+from .gate import Gate
+from .keys import KeyCodec, load_or_create_secret
+from .keyspace import Keyspace
+from .keystatus import KeyStatusStore
+from .leakguard import LeakGuard
+from .ledger import Ledger
+from .metrics import Metrics
+from .migrate import migrate
+from .policy_cache import PolicyCache
+from .pricing import PriceTable
+from .proxy import Proxy
+from .quota_api import QuotaApi
+from .redis_client import create_redis
+from .settings import Settings
+from .upstream import create_session
+from .writer import TranscriptWriter
+
+log = logging.getLogger(__name__)
+
+ENDPOINTS = web.AppKey("endpoints", Endpoints)
+
+
+def key_secret(settings: Settings) -> bytes:
+    if settings.key_secret is not None:
+        return settings.key_secret.get_secret_value().encode()
+    return load_or_create_secret(settings.data_dir.resolve())
+
+
+async def _endpoints(app: web.Application) -> AsyncIterator[None]:
+    endpoints = await asyncio.to_thread(resolve, app[appkeys.SETTINGS])
+    app[ENDPOINTS] = endpoints
+    yield
+    endpoints.close()
+
+
+async def _redis(app: web.Application) -> AsyncIterator[None]:
+    settings = app[appkeys.SETTINGS]
+    client = create_redis(app[ENDPOINTS].redis_url, settings)
+    app[appkeys.REDIS] = client
+    app[appkeys.LEDGER] = Ledger(client, Keyspace(settings.redis_prefix))
+    yield
+    await client.aclose()
+
+
+async def _postgres(app: web.Application) -> AsyncIterator[None]:
+    pool = await create_pool(app[ENDPOINTS].database_url, min_size=1, max_size=10)
+    async with pool.acquire() as conn:
+        applied = await migrate(conn)
+    if applied:
+        log.info("applied migrations: %s", ", ".join(applied))
+    app[appkeys.PG_POOL] = pool
+    yield
+    await pool.close()
+
+
+async def _core(app: web.Application) -> AsyncIterator[None]:
+    settings = app[appkeys.SETTINGS]
+    pool, ledger = app[appkeys.PG_POOL], app[appkeys.LEDGER]
+    app[appkeys.POLICIES] = PolicyCache(pool)
+    keys = app[appkeys.KEY_STATUS] = KeyStatusStore(ledger, pool)
+    gate = app[appkeys.GATE] = Gate(ledger, keys, fail_mode=settings.fail_mode, contact=settings.contact,
+                                    max_inflight=settings.max_inflight_per_student)
+    yield
+    await gate.close()
+
+
+async def _writer(app: web.Application) -> AsyncIterator[None]:
+    settings = app[appkeys.SETTINGS]
+    writer = TranscriptWriter(app[appkeys.PG_POOL], data_path(settings, "spool"))
+    await writer.start()
+    app[appkeys.WRITER] = writer
+    yield
+    await writer.drain(timeout=settings.shutdown_grace_s)
+    await writer.close()
+
+
+async def _upstream(app: web.Application) -> AsyncIterator[None]:
+    session = create_session(app[appkeys.SETTINGS])
+    app[appkeys.UPSTREAM] = session
+    yield
+    await session.close()
+
+
+async def _leaks(app: web.Application) -> AsyncIterator[None]:
+    guard = app[appkeys.LEAK_GUARD] = LeakGuard()
+    yield
+    await guard.close()
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    app = request.app
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(app[appkeys.REDIS].ping(), app[appkeys.SETTINGS].redis_timeout_s)
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"unreachable: {type(exc).__name__}"
+    try:
+        await asyncio.wait_for(app[appkeys.PG_POOL].fetchval("SELECT 1"), 2.0)
+        checks["postgres"] = "ok"
+    except Exception as exc:
+        checks["postgres"] = f"unreachable: {type(exc).__name__}"
+    ready = all(v == "ok" for v in checks.values())
+    return web.Response(status=200 if ready else 503, body=orjson.dumps({"ready": ready, **checks}),
+                        content_type="application/json")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    app = request.app
+    m = app[appkeys.METRICS]
+    writer = app[appkeys.WRITER]
+    m.writer_queue.set(writer.queue_depth)
+    m.spool_bytes.set(writer.spool_bytes)
+    m.batches.set(writer.batches_written)
+    m.writer_errors.set(writer.write_errors)
+    m.pending_debits.set(app[appkeys.GATE].pending_debits)
+    m.redis_errors.set(app[appkeys.GATE].redis_errors)
+    return web.Response(body=m.render(), headers={"content-type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def create_app(settings: Settings, *, upstream_key: str | None = None) -> web.Application:
+    key = upstream_key or (settings.upstream_api_key or SecretStr("")).get_secret_value()
+    if not key:
+        raise ValueError("GATEWAY_UPSTREAM_API_KEY is required to serve")
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
+    app[appkeys.SETTINGS] = settings
+    app[appkeys.UPSTREAM_KEY] = key
+    app[appkeys.CODEC] = KeyCodec(key_secret(settings), settings.key_issuer)
+    app[appkeys.METRICS] = Metrics()
+    app[appkeys.PRICES] = PriceTable.load()
+    app.cleanup_ctx.extend([_endpoints, _redis, _postgres, _core, _writer, _upstream, _leaks])
+    proxy = Proxy(app)
+    quota = QuotaApi(app)
+    app.router.add_post("/v1/messages", proxy.messages)
+    app.router.add_post("/v1/messages/count_tokens", proxy.passthrough)
+    app.router.add_get("/v1/models", proxy.passthrough)
+    app.router.add_get("/v1/models/{model_id}", proxy.passthrough)
+    app.router.add_get("/quota", quota.handle)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app

@@ -1,0 +1,73 @@
+"""A running gateway in front of a fake Anthropic upstream, on the real Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from pydantic import SecretStr
+
+from gateway import courses
+from gateway.app import create_app
+from gateway.fakeupstream import FakeUpstream
+from gateway.settings import Settings
+from gateway.stores import Stores, open_stores
+
+KEY_SECRET = "test-secret-" + "x" * 40
+COURSE = "comp1000"
+
+
+@dataclass
+class Harness:
+    settings: Settings
+    app: web.Application
+    server: TestServer
+    fake: FakeUpstream
+    stores: Stores
+    course: str
+    key: str
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+    async def issue_key(self, student: str, course: str | None = None) -> str:
+        issued = await self.stores.keyring.issue("test", course or self.course, student)
+        return issued.token
+
+
+def make_settings(*, upstream_url: str, upstream_key: str, redis_url: str, database_url: str, redis_prefix: str,
+                  data_dir: Path, **overrides: Any) -> Settings:
+    return Settings(
+        upstream_url=upstream_url, upstream_api_key=SecretStr(upstream_key), redis_url=redis_url,
+        database_url=database_url, redis_prefix=redis_prefix, data_dir=data_dir,
+        key_secret=SecretStr(KEY_SECRET), **overrides,
+    )
+
+
+@asynccontextmanager
+async def running_gateway(
+    aiohttp_server: Callable[..., Awaitable[TestServer]], *, pg_dsn: str, redis_url: str, redis_prefix: str,
+    data_dir: Path, limit: int = 500_000, fake: FakeUpstream | None = None, upstream_url: str | None = None,
+    **overrides: Any,
+) -> AsyncIterator[Harness]:
+    fake = fake or FakeUpstream()
+    fake_server = await aiohttp_server(fake.app())
+    settings = make_settings(
+        upstream_url=upstream_url or str(fake_server.make_url("")).rstrip("/"), upstream_key=fake.api_key,
+        redis_url=redis_url, database_url=pg_dsn, redis_prefix=redis_prefix, data_dir=data_dir, **overrides)
+    async with open_stores(settings) as stores:
+        await courses.create(stores.pool, "test", COURSE, limit=limit, period_seconds=7 * 86400)
+        key = (await stores.keyring.issue("test", COURSE, "alice")).token
+        app = create_app(settings)
+        server = await aiohttp_server(app)
+        try:
+            yield Harness(settings, app, server, fake, stores, COURSE, key)
+        finally:
+            await server.close()  # drains the writer and closes the pools before the test database is dropped
+            await fake_server.close()
