@@ -27,7 +27,14 @@ class UsageError(Exception):
     """Bad arguments or input: printed as one line, exit status 2."""
 
 
-def _amount(text: str) -> int:
+def course_of(args: argparse.Namespace, settings: Settings) -> str:
+    course = getattr(args, "course", None) or settings.course
+    if not course:
+        raise UsageError("say which course: --course C or GATEWAY_COURSE")
+    return str(course)
+
+
+def amount_arg(text: str) -> int:
     try:
         return parse_amount(text)
     except ValueError as exc:
@@ -41,16 +48,9 @@ def _period(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"gateway: {message}\n")
-
-
-def _course(args: argparse.Namespace, settings: Settings) -> str:
-    course = getattr(args, "course", None) or settings.course
-    if not course:
-        raise UsageError("say which course: --course C or GATEWAY_COURSE")
-    return str(course)
 
 
 # -- commands -------------------------------------------------------------------------------------------------
@@ -72,7 +72,7 @@ async def cmd_course_create(args: argparse.Namespace, stores: Stores) -> None:
 
 
 async def cmd_keys(args: argparse.Namespace, stores: Stores) -> None:
-    course = _course(args, stores.settings)
+    course = course_of(args, stores.settings)
     if args.action == "issue":
         issued = await stores.keyring.issue(ACTOR, course, args.student, reason=args.reason)
         print(issued.token)
@@ -95,7 +95,7 @@ async def cmd_quota_set(args: argparse.Namespace, stores: Stores) -> None:
     change = PolicyChange(limit=args.limit, period_seconds=args.reset_period, reset_at=args.reset_at, tz=args.tz,
                           carry_over=args.carry_over, carry_cap_set=args.carry_cap is not None,
                           carry_cap=args.carry_cap)
-    await courses.change_policy(stores.pool, ACTOR, _course(args, stores.settings), change, reason=args.reason)
+    await courses.change_policy(stores.pool, ACTOR, course_of(args, stores.settings), change, reason=args.reason)
     print("quota policy updated")
 
 
@@ -103,9 +103,9 @@ Command = Callable[[argparse.Namespace, Stores], Awaitable[None]]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="gateway", description="Class token gateway")
+    parser = Parser(prog="gateway", description="Class token gateway")
     parser.add_argument("--course", help="the course (default: GATEWAY_COURSE)")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     serve = sub.add_parser("serve", help="run the gateway")
     serve.add_argument("--host")
@@ -118,15 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply database migrations").set_defaults(run=cmd_migrate)
 
     course = sub.add_parser("course", help="courses").add_subparsers(dest="action", required=True,
-                                                                      parser_class=_Parser)
+                                                                      parser_class=Parser)
     create = course.add_parser("create", help="create a course")
     create.add_argument("course_id")
-    create.add_argument("--limit", type=_amount, required=True, help="weighted tokens per period, e.g. 500k")
+    create.add_argument("--limit", type=amount_arg, required=True, help="weighted tokens per period, e.g. 500k")
     create.add_argument("--reset-period", type=_period, required=True, help="e.g. 7d")
     create.add_argument("--reset-at", default="mon 00:00")
     create.add_argument("--tz", default="UTC")
     create.add_argument("--carry-over", action="store_true")
-    create.add_argument("--carry-cap", type=_amount)
+    create.add_argument("--carry-cap", type=amount_arg)
     create.add_argument("--name", default="")
     create.set_defaults(run=cmd_course_create)
 
@@ -137,18 +137,39 @@ def build_parser() -> argparse.ArgumentParser:
     keys.set_defaults(run=cmd_keys)
 
     quota = sub.add_parser("quota", help="quota policy").add_subparsers(dest="action", required=True,
-                                                                         parser_class=_Parser)
+                                                                         parser_class=Parser)
     qset = quota.add_parser("set", help="change the course's quota policy")
-    qset.add_argument("--limit", type=_amount)
+    qset.add_argument("--limit", type=amount_arg)
     qset.add_argument("--reset-period", type=_period)
     qset.add_argument("--reset-at")
     qset.add_argument("--tz")
     qset.add_argument("--carry-over", dest="carry_over", action="store_true", default=None)
     qset.add_argument("--no-carry-over", dest="carry_over", action="store_false")
-    qset.add_argument("--carry-cap", type=_amount)
+    qset.add_argument("--carry-cap", type=amount_arg)
     qset.add_argument("--reason", default="")
     qset.set_defaults(run=cmd_quota_set)
+
+    for register in _command_modules():
+        register(sub, quota)
+    _accept_course_anywhere(parser)
     return parser
+
+
+def _accept_course_anywhere(parser: argparse.ArgumentParser) -> None:
+    """``--course`` works before or after the subcommand (``gateway keys issue S --course C``)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                if "--course" not in child._option_string_actions:
+                    child.add_argument("--course", default=argparse.SUPPRESS, help="the course")
+                _accept_course_anywhere(child)
+
+
+def _command_modules() -> list[Callable[[Any, Any], None]]:
+    """Each area of the CLI registers its own subcommands (``register(subparsers, quota_subparsers)``)."""
+    from . import cli_convenor, cli_records
+
+    return [cli_convenor.register, cli_records.register]
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -7,8 +7,8 @@ Not for production: one host, no replication.
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,7 @@ class Endpoints:
     _keep_alive: list[Any] = field(default_factory=list, repr=False)
 
     def close(self) -> None:
-        for handle in reversed(self._keep_alive):
-            with contextlib.suppress(Exception):
-                handle.connection_pool.disconnect() if hasattr(handle, "connection_pool") else None
+        """Drop our handles: each embedded server stops when its last user (process) lets go."""
         self._keep_alive.clear()
 
 
@@ -49,7 +47,9 @@ def resolve(settings: Settings) -> Endpoints:
         redis_url = f"unix://{server.socket_file}"
         log.info("embedded Redis on %s", server.socket_file)
     if database_url is None:
-        import pgserver
+        with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI)
+            warnings.simplefilter("ignore")
+            import pgserver
 
         pg = pgserver.get_server(data_dir / "postgres", cleanup_mode="stop")
         keep.append(pg)

@@ -7,6 +7,7 @@ revoked) lives in the store by ``jti``, never in the token. Only the ``jti`` and
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 import time
 import uuid
@@ -55,7 +56,7 @@ def load_or_create_secret(data_dir: Path) -> bytes:
     tmp.write_text(value)
     tmp.chmod(0o600)
     try:
-        tmp.link(path)  # atomic create-if-absent: two processes racing keep the first secret
+        os.link(tmp, path)  # atomic create-if-absent: two processes racing keep the first secret
     except FileExistsError:
         pass
     finally:

@@ -1,0 +1,9 @@
+"""Convenor commands (sync, quota show, grant, usage, admin tokens, audit): registered into ``gateway``'s parser."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def register(sub: Any, quota: Any) -> None:
+    """Add this module's subcommands to the top-level subparsers (and ``quota``'s)."""
