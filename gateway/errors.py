@@ -17,11 +17,15 @@ Upstream errors are never wrapped: their status, headers and body pass through u
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
+import sentry_sdk
 from aiohttp import web
+
+log = logging.getLogger(__name__)
 
 
 def new_request_id() -> str:
@@ -109,3 +113,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return render(NotFound(f"No such endpoint: {request.method} {request.path}"), request_id)
     except web.HTTPMethodNotAllowed:
         return render(NotFound(f"No such endpoint: {request.method} {request.path}"), request_id)
+    except web.HTTPException:
+        raise
+    except Exception as exc:  # a bug: report it, answer in the API's shape, never leak details
+        log.exception("unhandled error in %s %s (%s)", request.method, request.path, request_id)
+        sentry_sdk.capture_exception(exc)
+        return render(GatewayError("Internal gateway error; it has been reported."), request_id)

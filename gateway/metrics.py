@@ -37,8 +37,9 @@ class Metrics:
         self.batches = Gauge("gateway_writer_batches", "Transcript batches committed", registry=r)
         self.writer_errors = Gauge("gateway_writer_errors", "Postgres errors seen by the writer", registry=r)
 
-    def observe_exchange(self, exchange: Exchange) -> None:
+    def observe_exchange(self, exchange: Exchange, ended_at: float) -> None:
         self.requests.labels(str(exchange.status), exchange.model or "").inc()
+        self.duration.observe(max(0.0, ended_at - exchange.started_at))
         if exchange.first_byte_at is not None:
             self.ttfb.observe(max(0.0, exchange.first_byte_at - exchange.started_at))
         if exchange.refused:

@@ -162,7 +162,17 @@ class Proxy:
             self.app[appkeys.WRITER].submit(record)
         except Exception:  # the writer counts and logs; a transcript failure never fails the response
             log.exception("could not spool the transcript of %s", exchange.request_id)
-        self.app[appkeys.METRICS].observe_exchange(exchange)
+        self.app[appkeys.METRICS].observe_exchange(exchange, record.ended_at)
+        log.info("request", extra={"fields": {
+            "request_id": exchange.request_id, "upstream_request_id": record.upstream_request_id,
+            "course": record.course, "student": record.student, "session_id": record.session_id,
+            "path": exchange.path, "status": exchange.status, "model": record.model, "stream": exchange.stream,
+            "ms": round((record.ended_at - exchange.started_at) * 1000, 1),
+            "ttfb_ms": round((exchange.first_byte_at - exchange.started_at) * 1000, 1)
+            if exchange.first_byte_at else None,
+            "weighted": exchange.weighted, "estimated": exchange.usage.estimated, "refused": exchange.refused,
+            "error": (exchange.error or "")[:200] or None,
+        }})
 
     async def _finish(self, exchange: Exchange, policy: Policy | None, admission: Admission | None) -> None:
         """Settle the debit (if admitted and not yet settled) and record. Idempotent; runs in ``finally``."""

@@ -15,6 +15,7 @@ from .embedded import Endpoints, resolve
 from .keys import load_or_create_secret
 from .logs import configure_logging
 from .migrate import migrate
+from .sentry import init_sentry
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ def prepare(settings: Settings) -> tuple[Settings, Endpoints]:
 
 def run_worker(settings: Settings, worker: int = 0) -> None:
     configure_logging(settings.log_level, worker=worker)
+    init_sentry(settings)
     app = create_app(settings)
     web.run_app(app, host=settings.host, port=settings.port, reuse_port=settings.workers > 1,
                 shutdown_timeout=settings.shutdown_grace_s, print=None, access_log=None,
