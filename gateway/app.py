@@ -75,7 +75,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
     pool, ledger = app[appkeys.PG_POOL], app[appkeys.LEDGER]
     app[appkeys.POLICIES] = PolicyCache(pool)
     keys = app[appkeys.KEY_STATUS] = KeyStatusStore(ledger, pool)
-    gate = app[appkeys.GATE] = Gate(ledger, keys, fail_mode=settings.fail_mode, contact=settings.contact,
+    gate = app[appkeys.GATE] = Gate(ledger, keys, pool, fail_mode=settings.fail_mode, contact=settings.contact,
                                     max_inflight=settings.max_inflight_per_student)
     yield
     await gate.close()

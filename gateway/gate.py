@@ -13,6 +13,7 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 
+import asyncpg
 from redis.exceptions import RedisError
 
 from .errors import AuthenticationFailed, Overloaded, PermissionDenied, RateLimited
@@ -21,6 +22,7 @@ from .keystatus import KeyState, KeyStatusStore
 from .ledger import BucketState, Ledger
 from .policy import Policy
 from .quota_headers import exhausted_error
+from .rebuild import ensure_bucket
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +60,10 @@ def refuse_for_status(state: KeyState, contact: str) -> None:
 
 
 class Gate:
-    def __init__(self, ledger: Ledger, keys: KeyStatusStore, *, fail_mode: str, contact: str,
+    def __init__(self, ledger: Ledger, keys: KeyStatusStore, pool: asyncpg.Pool, *, fail_mode: str, contact: str,
                  max_inflight: int) -> None:
         self._ledger = ledger
+        self._pool = pool
         self._keys = keys
         self._fail_open = fail_mode == "open"
         self._contact = contact
@@ -99,13 +102,15 @@ class Gate:
                 if outcome in ("suspended", "revoked"):
                     refuse_for_status(await self._keys.status(claims), self._contact)
                 if outcome == "quota":
-                    raise exhausted_error(reservation.state, policy.tz)
+                    raise exhausted_error(reservation.state, policy.tz, contact=self._contact)
                 if outcome == "inflight":
                     raise RateLimited(
                         f"Too many requests in flight for your key (at most {max_inflight} at once); "
                         "wait for one to finish.",
                         headers={"retry-after": "1"},
                     )
+                if reservation.fresh:
+                    return Admission(await self._reconcile(claims, policy, reservation.state))
                 return Admission(reservation.state)
         except REDIS_DOWN:
             self.redis_errors += 1
@@ -114,6 +119,14 @@ class Gate:
             refuse_for_status(await self._keys.from_postgres(claims), self._contact)
             return Admission(None)
         raise AuthenticationFailed("This gateway key is not known to the gateway (was it issued here?).")
+
+    async def _reconcile(self, claims: VirtualKeyClaims, policy: Policy, state: BucketState) -> BucketState:
+        """A bucket Redis had to create (first use, or Redis lost its data): add the Postgres record to it."""
+        try:
+            return await ensure_bucket(self._pool, self._ledger, policy, claims.course, claims.student)
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            log.warning("could not reconcile %s/%s's new bucket with Postgres: %s", claims.course, claims.student, exc)
+            return state
 
     async def settle(self, claims: VirtualKeyClaims, policy: Policy, request_id: str, weighted: int,
                      admission: Admission) -> BucketState | None:
