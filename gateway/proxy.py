@@ -72,6 +72,7 @@ class Exchange:
     usage: Usage = field(default_factory=Usage)
     weighted: int = 0
     cost_usd: str | None = None
+    inference_geo: str | None = None  # where inference ran, from the response's usage
     state: BucketState | None = None
     recorded: bool = False
 
@@ -129,7 +130,7 @@ class Proxy:
             try:
                 exchange.cost_usd = str(self.app[appkeys.PRICES].cost_usd(
                     exchange.model, exchange.usage,
-                    inference_geo=(exchange.payload or {}).get("inference_geo")))
+                    inference_geo=exchange.inference_geo or (exchange.payload or {}).get("inference_geo")))
             except PricingError:
                 log.error("no price for model %r: cost not recorded (add it to gateway/data/prices.toml)",
                           exchange.model)
@@ -258,6 +259,8 @@ class Proxy:
             if upstream.status == 200:
                 usage, model, message = meter_json_response(body)
                 exchange.usage, exchange.response_message = usage, message
+                geo = ((message or {}).get("usage") or {}).get("inference_geo")
+                exchange.inference_geo = geo if isinstance(geo, str) else None
                 exchange.model = model or exchange.model
             else:
                 exchange.error = body[:2000].decode("utf-8", "replace")
@@ -312,6 +315,7 @@ class Proxy:
         meter.finish(complete=complete)
         exchange.usage = meter.usage
         exchange.model = meter.model or exchange.model
+        exchange.inference_geo = meter.inference_geo
         exchange.response_message = meter.message()
         exchange.response_body = bytes(raw)
 
