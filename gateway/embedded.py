@@ -51,7 +51,7 @@ def resolve(settings: Settings) -> Endpoints:
             warnings.simplefilter("ignore")
             import pgserver
 
-        pg = pgserver.get_server(data_dir / "postgres", cleanup_mode="stop")
+        pg = pgserver.get_server(data_dir / "postgres", cleanup_mode="stop")  # type: ignore[attr-defined]
         keep.append(pg)
         database_url = pg.get_uri()
         log.info("embedded PostgreSQL in %s", data_dir / "postgres")
