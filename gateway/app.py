@@ -12,14 +12,18 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from . import appkeys
+from .admin_api import register_admin_routes
 from .db import create_pool
 from .embedded import Endpoints, data_path, resolve
 from .errors import error_middleware
 from .gate import Gate
+from .incidents import Alerter
+from .keyring import Keyring
 from .keys import KeyCodec, load_or_create_secret
 from .keyspace import Keyspace
 from .keystatus import KeyStatusStore
 from .leakguard import LeakGuard
+from .leaks import Scanner
 from .ledger import Ledger
 from .metrics import Metrics
 from .migrate import migrate
@@ -99,7 +103,13 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _leaks(app: web.Application) -> AsyncIterator[None]:
-    guard = app[appkeys.LEAK_GUARD] = LeakGuard()
+    settings = app[appkeys.SETTINGS]
+    codec = app[appkeys.CODEC]
+    alerter = Alerter(settings.alert_webhook_url)
+    await alerter.start()
+    guard = app[appkeys.LEAK_GUARD] = LeakGuard(
+        Scanner.load(codec.check), Keyring(app[appkeys.PG_POOL], app[appkeys.LEDGER], codec), app[appkeys.PG_POOL],
+        alerter, app[appkeys.METRICS], contact=settings.contact)
     yield
     await guard.close()
 
@@ -160,4 +170,5 @@ def create_app(settings: Settings, *, upstream_key: str | None = None) -> web.Ap
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    register_admin_routes(app)
     return app

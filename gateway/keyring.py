@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from . import audit
+from . import audit, incidents
 from .keys import IssuedKey, KeyCodec
 from .ledger import Ledger
 
@@ -82,6 +82,9 @@ class Keyring:
                                    details={"jtis": jtis})
         for changed in jtis:
             await self._ledger.set_key_status(course, student, changed, status, reason)
+        if status == "active" and jtis:
+            # Reinstating after a leak closes the student's open incidents (audited there).
+            await incidents.resolve_student(self._pool, course, student, actor=actor, note=reason or "key reinstated")
         return StatusChange(course, student, status, jtis)
 
     async def rotate(self, actor: str, course: str, student: str, *, reason: str = "") -> IssuedKey:

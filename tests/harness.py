@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
-from gateway import courses
+from gateway import appkeys, courses
 from gateway.app import create_app
 from gateway.fakeupstream import FakeUpstream
 from gateway.settings import Settings
@@ -35,6 +35,10 @@ class Harness:
     @property
     def url(self) -> str:
         return str(self.server.make_url("")).rstrip("/")
+
+    async def flush(self) -> None:
+        """Wait until every transcript submitted so far is committed to Postgres."""
+        await self.app[appkeys.WRITER].wait_idle(timeout=15)
 
     async def issue_key(self, student: str, course: str | None = None) -> str:
         issued = await self.stores.keyring.issue("test", course or self.course, student)

@@ -51,3 +51,15 @@ async def test_cli_bad_input_exits_2_with_one_line(gateway: Harness) -> None:
     assert code == 2 and "token amount" in err and err.count("\n") == 1
     code, _, err = await _cli(h, "keys", "suspend", "nobody")
     assert code == 2 and "nobody" in err
+
+
+async def test_cli_records_commands(gateway: Harness) -> None:
+    h = gateway
+    assert await _status(h, h.key) == 200
+    await h.flush()
+    code, out, err = await _cli(h, "incidents", "--open")
+    assert code == 0 and "no incidents open" in out, err
+    code, out, err = await _cli(h, "ledger", "rebuild")
+    assert code == 0 and "rebuilt 1 bucket(s)" in out, err
+    code, _, err = await _cli(h, "transcripts", "show", "req_does_not_exist")
+    assert code == 2 and "no transcript" in err

@@ -235,7 +235,7 @@ async def test_client_disconnect_closes_upstream_and_records_usage(gateway: Harn
     await _until(lambda: seen.disconnected)
     assert not seen.finished
     release.set()
-    row = await _wait_for_usage(h, "alice")
+    row = await _usage_row(h, "alice")
     assert row["input_tokens"] == 1234 and row["cache_read"] == 5000
     assert row["estimated"] is True and row["output_tokens"] >= 100  # ~4 chars a token of what was streamed
 
@@ -248,21 +248,12 @@ async def _until(predicate: object, deadline_s: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def _wait_for_usage(h: Harness, student: str, count: int = 1) -> dict[str, object]:
-    rows: list[object] = []
-
-    async def enough() -> bool:
-        nonlocal rows
-        rows = await h.stores.pool.fetch(
-            "SELECT * FROM usage_events WHERE course_id = $1 AND student_id = $2 ORDER BY at", h.course, student)
-        return len(rows) >= count
-
-    deadline = asyncio.get_running_loop().time() + 15
-    while not await enough():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"no usage row for {student} before the deadline")
-        await asyncio.sleep(0.02)
-    return dict(rows[-1])  # type: ignore[call-overload]
+async def _usage_row(h: Harness, student: str) -> dict[str, object]:
+    await h.flush()
+    rows = await h.stores.pool.fetch(
+        "SELECT * FROM usage_events WHERE course_id = $1 AND student_id = $2 ORDER BY at", h.course, student)
+    assert rows, f"no usage row for {student}"
+    return dict(rows[-1])
 
 
 async def test_keys_never_reach_the_logs(gateway: Harness, caplog: pytest.LogCaptureFixture) -> None:
