@@ -33,6 +33,10 @@ class Keyspace:
         """Sorted set of request ids already settled (score = settle time), for idempotent debits."""
         return f"{self.prefix}:{self.student_tag(course, student)}:settled"
 
+    def grants(self, course: str, student: str) -> str:
+        """Sorted set of grant ids already added to the bucket (score = grant time), for idempotent grants."""
+        return f"{self.prefix}:{self.student_tag(course, student)}:grants"
+
     def key_status(self, course: str, student: str, jti: str) -> str:
         """String: ``active`` / ``suspended`` / ``revoked`` (optionally ``status|reason``) for one virtual key."""
         return f"{self.prefix}:{self.student_tag(course, student)}:key:{_tag_safe(jti)}"

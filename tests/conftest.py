@@ -18,6 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.migrate import migrate
+from tests.ledger_support import bucket_redis, ledger_clock  # noqa: F401  (fixtures of the ledger tests)
 
 PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -1,0 +1,47 @@
+-- reserve: admit one request against a student's bucket, or refuse it.
+-- (Prefixed with bucket.lua; see there for the common ARGV[1..2] and the reply layout.)
+--
+-- KEYS[1]  bucket hash          KEYS[2]  in-flight hash          KEYS[3]  key status string ("status|reason")
+-- ARGV[3]  request id           ARGV[4]  estimate (weighted tokens reserved until settle)
+-- ARGV[5]  most requests in flight at once (0 = no limit)
+--
+-- Outcome: "key_unknown" (no status stored: load it from Postgres and retry), "suspended" / "revoked"
+-- (reason = the stored reason): for these three the bucket is not written (not even created); stale
+-- reservations are still dropped. "quota" (limit_hits incremented),
+-- "inflight" (too many in flight), "admitted" (in-flight[request id] = estimate; also for a repeated request id).
+-- Admits iff remaining - reserved > 0 and fewer than ARGV[5] requests are in flight.
+
+local status = redis.call('GET', KEYS[3])
+local reason = ''
+if status then
+  local bar = string.find(status, '|', 1, true)
+  if bar then
+    status, reason = string.sub(status, 1, bar - 1), string.sub(status, bar + 1)
+  end
+end
+
+local b = bucket_load(KEYS[1])
+local reserved, count = bucket_inflight(KEYS[2])
+if status ~= 'active' then
+  if status ~= 'suspended' and status ~= 'revoked' then
+    status = 'key_unknown'
+  end
+  return bucket_reply(status, reason, b, reserved, count)
+end
+
+local request_id, estimate, max_inflight = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local outcome = 'admitted'
+if redis.call('HEXISTS', KEYS[2], request_id) == 1 then
+  -- a repeated reserve for a request already in flight: admitted once, reserved once
+elseif SCHEDULE.limit + b.carried + b.granted - b.used - reserved <= 0 then
+  outcome = 'quota'
+  b.hits, b.dirty = b.hits + 1, true
+elseif max_inflight > 0 and count >= max_inflight then
+  outcome = 'inflight'
+else
+  redis.call('HSET', KEYS[2], request_id, estimate .. ':' .. NOW)
+  redis.call('EXPIRE', KEYS[2], math.ceil(SCHEDULE.stale))
+  reserved, count = reserved + estimate, count + 1
+end
+bucket_save(KEYS[1], b)
+return bucket_reply(outcome, '', b, reserved, count)
