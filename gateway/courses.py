@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -10,8 +9,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import asyncpg
 
 from . import audit
-
-_RESET_AT = re.compile(r"^(mon|tue|wed|thu|fri|sat|sun) ([01]\d|2[0-3]):([0-5]\d)$")
+from .periods import parse_reset_at
 
 INSERT_COURSE = """
 INSERT INTO courses (course_id, name, limit_tokens, period_seconds, reset_at, tz, carry_over, carry_cap)
@@ -50,8 +48,10 @@ class PolicyChange:
 
 def validate_reset_at(value: str) -> str:
     normalised = value.strip().lower()
-    if not _RESET_AT.match(normalised):
-        raise CourseError(f"--reset-at must look like 'mon 00:00', not {value!r}")
+    try:
+        parse_reset_at(normalised)
+    except ValueError:
+        raise CourseError(f"--reset-at must look like 'mon 00:00', not {value!r}") from None
     return normalised
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -13,7 +12,7 @@ from . import appkeys
 from .auth import admin_principal, looks_like_jwt, presented_token, student_claims
 from .errors import AuthenticationFailed, InvalidRequest, PermissionDenied
 from .ledger import BucketState
-from .quota_headers import bucket_status
+from .quota_headers import bucket_status, rfc3339
 
 SELECT_STUDENTS = """
 SELECT student_id, grp FROM students
@@ -23,16 +22,12 @@ ORDER BY student_id
 SELECT_GROUP = "SELECT grp FROM students WHERE course_id = $1 AND student_id = $2"
 
 
-def _rfc3339(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
-
-
 def quota_entry(course: str, student: str, group: str, state: BucketState) -> dict[str, Any]:
     return {
         "course": course, "student": student, "group": group, "limit": state.limit, "carried": state.carried,
         "granted": state.granted, "used": state.used, "remaining": state.remaining,
-        "period_start": _rfc3339(state.period_start), "period_end": _rfc3339(state.period_end),
-        "resets_at": _rfc3339(state.period_end), "limit_hits": state.limit_hits, "status": bucket_status(state),
+        "period_start": rfc3339(state.period_start), "period_end": rfc3339(state.period_end),
+        "resets_at": rfc3339(state.period_end), "limit_hits": state.limit_hits, "status": bucket_status(state),
     }
 
 
