@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import asyncpg
 from aiohttp import web
 
-from .errors import AuthenticationFailed
+from .errors import AuthenticationFailed, NotFound
 from .keys import InvalidKey, KeyCodec, VirtualKeyClaims
 
 
@@ -70,10 +70,16 @@ SELECT token_id, course_id FROM admin_tokens WHERE token_sha256 = $1 AND revoked
 
 
 async def admin_principal(request: web.Request, pool: asyncpg.Pool, bootstrap: str | None) -> AdminPrincipal | None:
-    """The admin behind the request's bearer token, or None if the token is not an admin token."""
+    """The admin behind the request's bearer token, or None if the token is not an admin token.
+
+    The whole admin API (the bootstrap token and stored convenor tokens alike) is off unless
+    ``GATEWAY_ADMIN_TOKEN`` is set (CONTRACT.md): then every admin request gets 404.
+    """
     token = presented_token(request)
     if token is None or looks_like_jwt(token):
         return None
+    if bootstrap is None:
+        raise NotFound("The admin API is off on this gateway (set GATEWAY_ADMIN_TOKEN to turn it on).")
     if is_bootstrap_admin(token, bootstrap):
         return AdminPrincipal("bootstrap", None)
     row = await pool.fetchrow(SELECT_ADMIN_TOKEN, admin_token_sha256(token))

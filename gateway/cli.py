@@ -84,9 +84,10 @@ async def cmd_keys(args: argparse.Namespace, stores: Stores) -> None:
         return
     status = {"revoke": "revoked", "suspend": "suspended", "reinstate": "active"}[args.action]
     change = await stores.keyring.set_status(ACTOR, course, args.student, status, reason=args.reason)
-    if not change.jtis:
+    if not change.jtis and not change.resolved_incidents:
         raise UsageError(f"no key of {args.student!r} in {course!r} could be set to {status}")
-    print(f"{len(change.jtis)} key(s) of {args.student} {status if status != 'active' else 'reinstated'}")
+    print(f"{len(change.jtis)} key(s) of {args.student} {status if status != 'active' else 'reinstated'}"
+          + (f"; {len(change.resolved_incidents)} incident(s) resolved" if change.resolved_incidents else ""))
 
 
 async def cmd_quota_set(args: argparse.Namespace, stores: Stores) -> None:
@@ -95,8 +96,22 @@ async def cmd_quota_set(args: argparse.Namespace, stores: Stores) -> None:
     change = PolicyChange(limit=args.limit, period_seconds=args.reset_period, reset_at=args.reset_at, tz=args.tz,
                           carry_over=args.carry_over, carry_cap_set=args.carry_cap is not None,
                           carry_cap=args.carry_cap)
-    await courses.change_policy(stores.pool, ACTOR, course_of(args, stores.settings), change, reason=args.reason)
+    course = course_of(args, stores.settings)
+    await courses.change_policy(stores.pool, ACTOR, course, change, reason=args.reason)
     print("quota policy updated")
+    await _tell_workers(stores, course)
+
+
+async def _tell_workers(stores: Stores, course: str) -> None:
+    """Running workers reload the course's policy now (without the message: within their 1 s cache TTL)."""
+    from .invalidation import publish_invalidation
+    from .redis_client import REDIS_DOWN
+
+    try:
+        await publish_invalidation(stores.redis, stores.ledger.keyspace, course)
+    except REDIS_DOWN as exc:
+        print(f"# Redis unreachable ({type(exc).__name__}): running gateways pick the change up within 1 s",
+              file=sys.stderr)
 
 
 Command = Callable[[argparse.Namespace, Stores], Awaitable[None]]
@@ -198,8 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             if settings.upstream_api_key is None:
                 raise UsageError("GATEWAY_UPSTREAM_API_KEY is required (the real Anthropic key)")
-            serve(settings)
-            return 0
+            return serve(settings)
         if args.command == "demo":
             from .demo import run_demo
 

@@ -6,7 +6,7 @@ status on each request -- so a revoked or suspended key is refused on its next r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
@@ -47,6 +47,7 @@ class StatusChange:
     student: str
     status: str
     jtis: list[str]
+    resolved_incidents: list[int] = field(default_factory=list)
 
 
 class Keyring:
@@ -82,10 +83,14 @@ class Keyring:
                                    details={"jtis": jtis})
         for changed in jtis:
             await self._ledger.set_key_status(course, student, changed, status, reason)
-        if status == "active" and jtis:
-            # Reinstating after a leak closes the student's open incidents (audited there).
-            await incidents.resolve_student(self._pool, course, student, actor=actor, note=reason or "key reinstated")
-        return StatusChange(course, student, status, jtis)
+        resolved: list[int] = []
+        if status == "active":
+            # Reinstating closes the student's open incidents (audited there), also alert-only ones that never
+            # suspended a key.
+            closed = await incidents.resolve_student(self._pool, course, student, actor=actor,
+                                                     note=reason or "key reinstated")
+            resolved = [i.incident_id for i in closed]
+        return StatusChange(course, student, status, jtis, resolved)
 
     async def rotate(self, actor: str, course: str, student: str, *, reason: str = "") -> IssuedKey:
         await self.set_status(actor, course, student, "revoked", reason=reason or "rotated")

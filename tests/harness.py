@@ -19,6 +19,7 @@ from gateway.settings import Settings
 from gateway.stores import Stores, open_stores
 
 KEY_SECRET = "test-secret-" + "x" * 40
+ADMIN_TOKEN = "test-bootstrap-admin-" + "a" * 24
 COURSE = "comp1000"
 
 
@@ -47,6 +48,7 @@ class Harness:
 
 def make_settings(*, upstream_url: str, upstream_key: str, redis_url: str, database_url: str, redis_prefix: str,
                   data_dir: Path, **overrides: Any) -> Settings:
+    overrides.setdefault("admin_token", SecretStr(ADMIN_TOKEN))
     return Settings(
         upstream_url=upstream_url, upstream_api_key=SecretStr(upstream_key), redis_url=redis_url,
         database_url=database_url, redis_prefix=redis_prefix, data_dir=data_dir,

@@ -106,3 +106,19 @@ async def test_admin_quota_lists_course(aiohttp_server, pg_dsn: str, redis_url: 
             async with session.get(h.url + "/quota?course=comp1000",
                                    headers={"authorization": "Bearer wrong-token"}) as resp:
                 assert resp.status == 401
+
+
+async def test_admin_api_is_off_without_bootstrap_token(aiohttp_server, pg_dsn: str, redis_url: str,  # type: ignore[no-untyped-def]
+                                                        redis_prefix: str, tmp_path) -> None:
+    from gateway import admin_tokens
+
+    async with running_gateway(aiohttp_server, pg_dsn=pg_dsn, redis_url=redis_url, redis_prefix=redis_prefix,
+                               data_dir=tmp_path, admin_token=None) as h:
+        convenor = await admin_tokens.create(h.stores.pool, "test", h.course)
+        async with aiohttp.ClientSession() as session:
+            for path in ("/quota?course=comp1000", "/admin/courses"):
+                async with session.get(h.url + path, headers={"authorization": f"Bearer {convenor.token}"}) as resp:
+                    body = orjson.loads(await resp.read())
+                    assert resp.status == 404 and "admin API is off" in body["error"]["message"]
+            async with session.get(h.url + "/quota", headers={"authorization": f"Bearer {h.key}"}) as resp:
+                assert resp.status == 200  # students still see their own bucket
