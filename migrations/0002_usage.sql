@@ -17,7 +17,7 @@ CREATE TABLE IF NOT EXISTS usage_events (
     output_tokens     bigint NOT NULL DEFAULT 0,
     web_searches      bigint NOT NULL DEFAULT 0,
     weighted          bigint NOT NULL DEFAULT 0,
-    cost_usd          numeric(14, 6) NOT NULL DEFAULT 0,
+    cost_usd          numeric(14, 6),                -- NULL: the model has no price (reported, never $0)
     estimated         boolean NOT NULL DEFAULT false,
     refused           text NOT NULL DEFAULT '',      -- '' | 'quota' | 'leak' | 'inflight' | ...
     period_start      timestamptz,                   -- bucket period the debit landed in

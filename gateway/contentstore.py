@@ -1,0 +1,284 @@
+"""Content-addressed request bodies: split the raw bytes into parts stored once by hash, and join them back.
+
+Claude Code resends the whole conversation every turn, so consecutive request bodies share nearly all of their
+bytes: the same ``tools`` (~32 KB), ``system`` (~7 KB) and every earlier message. A body is stored as
+
+* a **skeleton**: the raw body with the byte spans of ``system``, ``tools``, every other top-level value of at
+  least :data:`FIELD_MIN_BYTES`, and each element of ``messages`` cut out, and
+* **parts**: for each cut span, its offset in the skeleton and the SHA-256 of its bytes; the bytes
+themselves go to ``transcript_blobs`` once per distinct hash.
+
+Splitting works on the RAW bytes, never on re-serialised JSON, so :func:`join` gives back exactly what the
+client sent (whitespace, key order, escapes and all). Spans are found by a fast path that checks the body is
+compact JSON as orjson (and Node's ``JSON.stringify``) would write it - one parse, one dump, one comparison
+- and otherwise by a scanner that walks the raw bytes. A body that is not a JSON object is stored whole, as
+one ``body`` part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+from collections.abc import Mapping, Sequence
+from itertools import repeat
+from typing import Any, NamedTuple
+
+import orjson
+
+FIELD_MIN_BYTES = 256  # other top-level values at least this long become parts of their own
+SPLIT_KEYS = frozenset({"system", "tools"})  # always parts, whatever their size
+
+_WS = re.compile(rb"[ \t\n\r]*")
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+_SCALAR = re.compile(rb"[^,\]}\s]+")
+_OPEN = frozenset(b"[{")
+
+
+class Part(NamedTuple):
+    hash: bytes  # sha256 of content
+    kind: str  # 'system' | 'tools' | 'message' | 'field' | 'body'
+    content: bytes
+
+
+class SplitBody(NamedTuple):
+    skeleton: bytes
+    offsets: list[int]  # where each part goes back into the skeleton
+    parts: list[Part]
+    size: int
+
+
+def digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+Span = tuple[int, int, str]
+
+
+def split(raw: bytes) -> SplitBody:
+    """Cut ``raw`` into a skeleton and content-addressed parts; ``join`` undoes it byte for byte."""
+    parsed = _parse(raw)
+    if parsed is None:
+        return _from_spans(raw, [(0, len(raw), "body")] if raw else [])
+    fast = _compact_split(raw, parsed)
+    if fast is not None:
+        return fast
+    spans = scan_spans(raw)
+    return _from_spans(raw, spans if spans is not None else [(0, len(raw), "body")])
+
+
+def _compact_split(raw: bytes, parsed: dict[str, Any]) -> SplitBody | None:
+    """The split of a body that is exactly the compact serialisation of ``parsed`` (what Claude Code sends);
+    None when it is not (other whitespace, escapes, number forms, duplicate keys ...). One dump of the whole
+    body decides; then every value's bytes are its own dump (the serialisation is compositional)."""
+    try:
+        if orjson.dumps(parsed) != raw:
+            return None
+        skeleton = bytearray(b"{")
+        offsets: list[int] = []
+        parts: list[Part] = []
+        stored = 0
+        for i, (key, value) in enumerate(parsed.items()):
+            if i:
+                skeleton += b","
+            skeleton += orjson.dumps(key)
+            skeleton += b":"
+            if key == "messages" and isinstance(value, list):
+                contents = [orjson.dumps(message) for message in value]
+                base = len(skeleton) + 1  # message j goes after "[" and j commas
+                offsets.extend(range(base, base + len(contents)))
+                parts.extend(map(Part, [hashlib.sha256(c).digest() for c in contents], repeat("message"), contents))
+                stored += sum(map(len, contents))
+                skeleton += b"[" + b"," * (len(contents) - 1) + b"]" if contents else b"[]"
+            else:
+                content = orjson.dumps(value)
+                kind = _kind(key, len(content))
+                if kind is None:
+                    skeleton += content
+                else:
+                    offsets.append(len(skeleton))
+                    parts.append(Part(hashlib.sha256(content).digest(), kind, content))
+                    stored += len(content)
+        skeleton += b"}"
+    except orjson.JSONEncodeError:
+        return None
+    if len(skeleton) + stored != len(raw):  # cannot happen when the dump matched; never store a wrong body
+        return None
+    return SplitBody(bytes(skeleton), offsets, parts, len(raw))
+
+
+def _from_spans(raw: bytes, spans: list[Span]) -> SplitBody:
+    glue: list[bytes] = []
+    offsets: list[int] = []
+    parts: list[Part] = []
+    at = 0
+    kept = 0
+    for start, end, kind in spans:
+        glue.append(raw[at:start])
+        kept += start - at
+        content = raw[start:end]
+        offsets.append(kept)
+        parts.append(Part(digest(content), kind, content))
+        at = end
+    glue.append(raw[at:])
+    return SplitBody(b"".join(glue), offsets, parts, len(raw))
+
+
+# In the database a body's part list is two packed bytea columns (no per-element array overhead):
+# request_offsets = big-endian uint32 per part, request_parts = the 32-byte hashes back to back.
+HASH_SIZE = 32
+
+
+def pack_offsets(offsets: Sequence[int]) -> bytes:
+    return struct.pack(f">{len(offsets)}I", *offsets)
+
+
+def unpack_offsets(packed: bytes) -> list[int]:
+    return list(struct.unpack(f">{len(packed) // 4}I", packed))
+
+
+def pack_hashes(hashes: Sequence[bytes]) -> bytes:
+    return b"".join(hashes)
+
+
+def unpack_hashes(packed: bytes) -> list[bytes]:
+    return [packed[i : i + HASH_SIZE] for i in range(0, len(packed), HASH_SIZE)]
+
+
+def join_packed(skeleton: bytes, offsets: bytes, hashes: bytes, blobs: Mapping[bytes, bytes]) -> bytes:
+    """:func:`join` for the packed columns as stored."""
+    return join(skeleton, unpack_offsets(offsets), unpack_hashes(hashes), blobs)
+
+
+def join(
+    skeleton: bytes, offsets: Sequence[int], hashes: Sequence[bytes], blobs: Mapping[bytes, bytes]
+) -> bytes:
+    """Rebuild a body from its skeleton and parts (``blobs``: hash -> content; KeyError if one is missing)."""
+    out: list[bytes] = []
+    at = 0
+    for offset, key in zip(offsets, hashes, strict=True):
+        out.append(skeleton[at:offset])
+        out.append(blobs[key])
+        at = offset
+    out.append(skeleton[at:])
+    return b"".join(out)
+
+
+# -- finding the parts ---------------------------------------------------------------------------------------
+
+
+def _parse(raw: bytes) -> dict[str, Any] | None:
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def find_spans(raw: bytes) -> list[Span] | None:
+    """Byte spans (start, end, kind) of the values to store as parts; None if ``raw`` is not a JSON object."""
+    parsed = _parse(raw)
+    if parsed is None:
+        return None
+    fast = _compact_split(raw, parsed)
+    if fast is None:
+        return scan_spans(raw)
+    spans: list[Span] = []
+    shift = 0
+    for offset, part in zip(fast.offsets, fast.parts, strict=True):
+        spans.append((offset + shift, offset + shift + len(part.content), part.kind))
+        shift += len(part.content)
+    return spans
+
+
+def _kind(key: str, length: int) -> str | None:
+    if key in SPLIT_KEYS:
+        return key
+    return "field" if length >= FIELD_MIN_BYTES else None
+
+
+def _skip_ws(raw: bytes, at: int) -> int:
+    match = _WS.match(raw, at)
+    assert match is not None  # the pattern matches the empty string
+    return match.end()
+
+
+def _value_end(raw: bytes, at: int) -> int:
+    """End of the JSON value starting at ``at`` (``raw`` is known to be valid JSON)."""
+    first = raw[at]
+    if first == 0x22:  # '"'
+        match = _STRING.match(raw, at)
+        if match is None:
+            raise ValueError("unterminated string")
+        return match.end()
+    if first in _OPEN:
+        depth = 0
+        for token in _TOKEN.finditer(raw, at):
+            char = raw[token.start()]
+            if char in _OPEN:
+                depth += 1
+            elif char != 0x22:
+                depth -= 1
+                if depth == 0:
+                    return token.end()
+        raise ValueError("unbalanced brackets")
+    match = _SCALAR.match(raw, at)
+    if match is None:
+        raise ValueError("bad scalar")
+    return match.end()
+
+
+def _expect(raw: bytes, at: int, chars: bytes) -> int:
+    if at >= len(raw) or raw[at] not in chars:
+        raise ValueError(f"expected one of {chars!r} at byte {at}")
+    return at
+
+
+def scan_spans(raw: bytes) -> list[Span] | None:
+    """Spans found by walking the raw bytes (any whitespace, escapes, duplicate keys); None: not an object."""
+    try:
+        return _scan(raw)
+    except (ValueError, IndexError, orjson.JSONDecodeError):
+        return None
+
+
+def _scan(raw: bytes) -> list[Span]:
+    spans: list[Span] = []
+    at = _expect(raw, _skip_ws(raw, 0), b"{") + 1
+    at = _skip_ws(raw, at)
+    if raw[at] == 0x7D:  # '}'
+        return spans
+    while True:
+        key_match = _STRING.match(raw, _expect(raw, at, b'"'))
+        if key_match is None:
+            raise ValueError("bad key")
+        key = orjson.loads(key_match.group())
+        at = _expect(raw, _skip_ws(raw, key_match.end()), b":") + 1
+        start = _skip_ws(raw, at)
+        end = _value_end(raw, start)
+        if key == "messages" and raw[start] == 0x5B:  # '['
+            spans.extend(_scan_messages(raw, start))
+        else:
+            kind = _kind(key, end - start)
+            if kind is not None:
+                spans.append((start, end, kind))
+        at = _skip_ws(raw, end)
+        if raw[_expect(raw, at, b",}")] == 0x7D:
+            break
+        at = _skip_ws(raw, at + 1)
+    return spans
+
+
+def _scan_messages(raw: bytes, start: int) -> list[Span]:
+    spans: list[Span] = []
+    at = _skip_ws(raw, start + 1)
+    if raw[at] == 0x5D:  # ']'
+        return spans
+    while True:
+        end = _value_end(raw, at)
+        spans.append((at, end, "message"))
+        at = _skip_ws(raw, end)
+        if raw[_expect(raw, at, b",]")] == 0x5D:
+            return spans
+        at = _skip_ws(raw, at + 1)
