@@ -215,6 +215,9 @@ class Proxy:
                 exchange.refused = exchange.refused or "permission"
                 exchange.refused_reason = exchange.refused_reason or exc.message
             raise
+        except Exception as exc:  # rendered as a 500 api_error by the error middleware; recorded as such here
+            exchange.status, exchange.error = 500, f"internal error: {type(exc).__name__}"
+            raise
         finally:
             await asyncio.shield(self._finish(exchange, policy, admission))
 
