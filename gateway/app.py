@@ -4,20 +4,26 @@ closed in reverse: the transcript writer drains before the Postgres pool closes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import orjson
 from aiohttp import web
 from pydantic import SecretStr
+from redis.asyncio.cluster import RedisCluster
 
 from . import appkeys
 from .admin_api import register_admin_routes
 from .db import create_pool
+from .debits import DebitJournal
 from .embedded import Endpoints, data_path, resolve
 from .errors import error_middleware
 from .gate import Gate
 from .incidents import Alerter
+from .invalidation import InvalidationListener
 from .keyring import Keyring
 from .keys import KeyCodec, load_or_create_secret
 from .keyspace import Keyspace
@@ -25,13 +31,13 @@ from .keystatus import KeyStatusStore
 from .leakguard import LeakGuard
 from .leaks import Scanner
 from .ledger import Ledger
-from .metrics import Metrics
+from .metrics import Metrics, Readings
 from .migrate import migrate
 from .policy_cache import PolicyCache
 from .pricing import PriceTable
 from .proxy import Proxy
 from .quota_api import QuotaApi
-from .redis_client import create_redis
+from .redis_client import REDIS_DOWN, create_redis, create_subscriber, ledger_concurrency
 from .settings import Settings
 from .upstream import create_session
 from .writer import TranscriptWriter
@@ -39,6 +45,8 @@ from .writer import TranscriptWriter
 log = logging.getLogger(__name__)
 
 ENDPOINTS = web.AppKey("endpoints", Endpoints)
+INVALIDATION = web.AppKey("invalidation", InvalidationListener)
+METRICS_SYNC_S = 1.0
 
 
 def key_secret(settings: Settings) -> bytes:
@@ -57,8 +65,14 @@ async def _endpoints(app: web.Application) -> AsyncIterator[None]:
 async def _redis(app: web.Application) -> AsyncIterator[None]:
     settings = app[appkeys.SETTINGS]
     client = create_redis(app[ENDPOINTS].redis_url, settings)
+    if isinstance(client, RedisCluster):
+        # Learn the slot map now: a burst of first requests would each start (and break) a discovery.
+        try:
+            await asyncio.wait_for(client.initialize(), 5 * settings.redis_timeout_s)
+        except REDIS_DOWN as exc:
+            log.warning("Redis Cluster not reachable at start-up (%s); the gate will keep trying", exc)
     app[appkeys.REDIS] = client
-    app[appkeys.LEDGER] = Ledger(client, Keyspace(settings.redis_prefix))
+    app[appkeys.LEDGER] = Ledger(client, Keyspace(settings.redis_prefix), max_concurrency=ledger_concurrency(settings))
     yield
     await client.aclose()
 
@@ -76,12 +90,20 @@ async def _postgres(app: web.Application) -> AsyncIterator[None]:
 
 async def _core(app: web.Application) -> AsyncIterator[None]:
     settings = app[appkeys.SETTINGS]
-    pool, ledger = app[appkeys.PG_POOL], app[appkeys.LEDGER]
-    app[appkeys.POLICIES] = PolicyCache(pool)
+    pool, ledger, metrics = app[appkeys.PG_POOL], app[appkeys.LEDGER], app[appkeys.METRICS]
+    policies = app[appkeys.POLICIES] = PolicyCache(pool, metrics=metrics)
     keys = app[appkeys.KEY_STATUS] = KeyStatusStore(ledger, pool)
-    gate = app[appkeys.GATE] = Gate(ledger, keys, pool, fail_mode=settings.fail_mode, contact=settings.contact,
-                                    max_inflight=settings.max_inflight_per_student)
+    gate = app[appkeys.GATE] = Gate(
+        ledger, keys, pool, fail_mode=settings.fail_mode, contact=settings.contact,
+        max_inflight=settings.max_inflight_per_student, metrics=metrics, deadline_s=2 * settings.redis_timeout_s,
+        journal=DebitJournal(data_path(settings, "debits")))
+    await gate.start()
+    listener = app[INVALIDATION] = InvalidationListener(
+        create_subscriber(app[ENDPOINTS].redis_url, settings), ledger.keyspace.invalidation_channel(),
+        policies.invalidate)
+    listener.start()
     yield
+    await listener.close()
     await gate.close()
 
 
@@ -93,6 +115,29 @@ async def _writer(app: web.Application) -> AsyncIterator[None]:
     yield
     await writer.drain(timeout=settings.shutdown_grace_s)
     await writer.close()
+
+
+def _readings(app: web.Application) -> Readings:
+    writer = app[appkeys.WRITER]
+    return Readings(writer_queue=writer.queue_depth, spool_bytes=writer.spool_bytes,
+                    batches_written=writer.batches_written, records_written=writer.records_written,
+                    writer_errors=writer.write_errors, records_rejected=writer.records_rejected,
+                    pending_debits=app[appkeys.GATE].pending_debits)
+
+
+async def _metrics_sync(app: web.Application) -> AsyncIterator[None]:
+    """Every second, copy the writer's and the gate's numbers into the metrics (which other workers render)."""
+    async def loop() -> None:
+        while True:
+            app[appkeys.METRICS].sync(_readings(app))
+            await asyncio.sleep(METRICS_SYNC_S)  # a sampling period, not synchronisation
+
+    task = asyncio.create_task(loop(), name="metrics-sync")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    app[appkeys.METRICS].sync(_readings(app))
 
 
 async def _upstream(app: web.Application) -> AsyncIterator[None]:
@@ -115,7 +160,7 @@ async def _leaks(app: web.Application) -> AsyncIterator[None]:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return web.json_response({"status": "ok", "pid": os.getpid()})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -132,24 +177,20 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as exc:
         checks["postgres"] = f"unreachable: {type(exc).__name__}"
     ready = all(v == "ok" for v in checks.values())
-    return web.Response(status=200 if ready else 503, body=orjson.dumps({"ready": ready, **checks}),
-                        content_type="application/json")
+    gate = app[appkeys.GATE]
+    body = {"ready": ready, **checks, "fail_mode": gate.fail_mode, "pending_debits": gate.pending_debits}
+    return web.Response(status=200 if ready else 503, body=orjson.dumps(body), content_type="application/json")
 
 
 async def metrics(request: web.Request) -> web.Response:
-    app = request.app
-    m = app[appkeys.METRICS]
-    writer = app[appkeys.WRITER]
-    m.writer_queue.set(writer.queue_depth)
-    m.spool_bytes.set(writer.spool_bytes)
-    m.batches.set(writer.batches_written)
-    m.writer_errors.set(writer.write_errors)
-    m.pending_debits.set(app[appkeys.GATE].pending_debits)
-    m.redis_errors.set(app[appkeys.GATE].redis_errors)
+    m = request.app[appkeys.METRICS]
+    m.sync(_readings(request.app))
     return web.Response(body=m.render(), headers={"content-type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
-def create_app(settings: Settings, *, upstream_key: str | None = None) -> web.Application:
+def create_app(settings: Settings, *, upstream_key: str | None = None,
+               metrics_dir: Path | None = None) -> web.Application:
+    """The gateway app. ``metrics_dir``: the Prometheus multiprocess directory shared with the other workers."""
     key = upstream_key or (settings.upstream_api_key or SecretStr("")).get_secret_value()
     if not key:
         raise ValueError("GATEWAY_UPSTREAM_API_KEY is required to serve")
@@ -157,9 +198,9 @@ def create_app(settings: Settings, *, upstream_key: str | None = None) -> web.Ap
     app[appkeys.SETTINGS] = settings
     app[appkeys.UPSTREAM_KEY] = key
     app[appkeys.CODEC] = KeyCodec(key_secret(settings), settings.key_issuer)
-    app[appkeys.METRICS] = Metrics()
+    app[appkeys.METRICS] = Metrics(metrics_dir)
     app[appkeys.PRICES] = PriceTable.load()
-    app.cleanup_ctx.extend([_endpoints, _redis, _postgres, _core, _writer, _upstream, _leaks])
+    app.cleanup_ctx.extend([_endpoints, _redis, _postgres, _core, _writer, _metrics_sync, _upstream, _leaks])
     proxy = Proxy(app)
     quota = QuotaApi(app)
     app.router.add_post("/v1/messages", proxy.messages)

@@ -10,8 +10,9 @@ themselves go to ``transcript_blobs`` once per distinct hash.
 
 Splitting works on the RAW bytes, never on re-serialised JSON, so :func:`join` gives back exactly what the
 client sent (whitespace, key order, escapes and all). Spans are found by a fast path that checks the body is
-compact JSON as orjson (and Node's ``JSON.stringify``) would write it - one parse, one dump, one comparison
-- and otherwise by a scanner that walks the raw bytes. A body that is not a JSON object is stored whole, as
+compact JSON as orjson (and Node's ``JSON.stringify``) would write it - each top-level value and each message
+dumped once and compared in place with the raw bytes, with the proxy's parse of the body reused when given -
+and otherwise by a scanner that walks the raw bytes. A body that is not a JSON object is stored whole, as
 one ``body`` part.
 """
 
@@ -21,7 +22,6 @@ import hashlib
 import re
 import struct
 from collections.abc import Mapping, Sequence
-from itertools import repeat
 from typing import Any, NamedTuple
 
 import orjson
@@ -56,9 +56,15 @@ def digest(data: bytes) -> bytes:
 Span = tuple[int, int, str]
 
 
-def split(raw: bytes) -> SplitBody:
-    """Cut ``raw`` into a skeleton and content-addressed parts; ``join`` undoes it byte for byte."""
-    parsed = _parse(raw)
+def split(raw: bytes, parsed: Any = None) -> SplitBody:
+    """Cut ``raw`` into a skeleton and content-addressed parts; ``join`` undoes it byte for byte.
+
+    ``parsed`` may be ``orjson.loads(raw)`` when the caller has it already (the proxy parsed the body): it is
+    only a guide to where the parts are -- every byte of the split is checked against ``raw`` -- so a stale or
+    wrong ``parsed`` costs a fallback, never a wrong body.
+    """
+    if not isinstance(parsed, dict):
+        parsed = _parse(raw)
     if parsed is None:
         return _from_spans(raw, [(0, len(raw), "body")] if raw else [])
     fast = _compact_split(raw, parsed)
@@ -70,40 +76,66 @@ def split(raw: bytes) -> SplitBody:
 
 def _compact_split(raw: bytes, parsed: dict[str, Any]) -> SplitBody | None:
     """The split of a body that is exactly the compact serialisation of ``parsed`` (what Claude Code sends);
-    None when it is not (other whitespace, escapes, number forms, duplicate keys ...). One dump of the whole
-    body decides; then every value's bytes are its own dump (the serialisation is compositional)."""
+    None when it is not (other whitespace, escapes, number forms, duplicate keys ...). Every value is dumped
+    once (its bytes are needed for its hash anyway) and compared in place with the raw bytes it should be:
+    the skeleton and the parts cover ``raw`` exactly, in order, or the fast path gives up."""
+    if not raw.startswith(b"{"):
+        return None
+    skeleton = bytearray(b"{")
+    offsets: list[int] = []
+    parts: list[Part] = []
+    at = 1  # the next byte of raw to account for
+    sha256 = hashlib.sha256
     try:
-        if orjson.dumps(parsed) != raw:
-            return None
-        skeleton = bytearray(b"{")
-        offsets: list[int] = []
-        parts: list[Part] = []
-        stored = 0
         for i, (key, value) in enumerate(parsed.items()):
-            if i:
-                skeleton += b","
-            skeleton += orjson.dumps(key)
-            skeleton += b":"
+            head = (b"," if i else b"") + orjson.dumps(key) + b":"
+            if not raw.startswith(head, at):
+                return None
+            at += len(head)
+            skeleton += head
             if key == "messages" and isinstance(value, list):
-                contents = [orjson.dumps(message) for message in value]
+                if not value:
+                    if not raw.startswith(b"[]", at):
+                        return None
+                    at += 2
+                    skeleton += b"[]"
+                    continue
+                if raw[at] != 0x5B:  # '['
+                    return None
+                at += 1
                 base = len(skeleton) + 1  # message j goes after "[" and j commas
-                offsets.extend(range(base, base + len(contents)))
-                parts.extend(map(Part, [hashlib.sha256(c).digest() for c in contents], repeat("message"), contents))
-                stored += sum(map(len, contents))
-                skeleton += b"[" + b"," * (len(contents) - 1) + b"]" if contents else b"[]"
+                for j, message in enumerate(value):
+                    if j:
+                        if raw[at] != 0x2C:  # ','
+                            return None
+                        at += 1
+                    content = orjson.dumps(message)
+                    if not raw.startswith(content, at):
+                        return None
+                    at += len(content)
+                    parts.append(Part(sha256(content).digest(), "message", content))
+                if raw[at] != 0x5D:  # ']'
+                    return None
+                at += 1
+                offsets.extend(range(base, base + len(value)))
+                skeleton += b"[" + b"," * (len(value) - 1) + b"]"
             else:
                 content = orjson.dumps(value)
+                if not raw.startswith(content, at):
+                    return None
+                at += len(content)
                 kind = _kind(key, len(content))
                 if kind is None:
                     skeleton += content
                 else:
                     offsets.append(len(skeleton))
-                    parts.append(Part(hashlib.sha256(content).digest(), kind, content))
-                    stored += len(content)
-        skeleton += b"}"
-    except orjson.JSONEncodeError:
+                    parts.append(Part(sha256(content).digest(), kind, content))
+    except (orjson.JSONEncodeError, IndexError):
         return None
-    if len(skeleton) + stored != len(raw):  # cannot happen when the dump matched; never store a wrong body
+    if at != len(raw) - 1 or raw[at] != 0x7D:  # exactly one closing brace left
+        return None
+    skeleton += b"}"
+    if len(skeleton) + sum(len(p.content) for p in parts) != len(raw):  # never store a wrong body
         return None
     return SplitBody(bytes(skeleton), offsets, parts, len(raw))
 

@@ -5,16 +5,20 @@ request is scanned::
 
     body ──walk──> text pieces, in order (system, messages[i].content[j], tool_use inputs, tool results, …)
           │
-          ├─ each piece: hashed (SHA-256, 128 bits kept); a piece seen before -- Claude Code resends the whole
-          │  conversation every turn -- takes its hits from the Scanner's LRU. New pieces are joined (as UTF-8)
+          ├─ each piece: looked up in the Scanner's LRU by the text itself (Python's str hash, then an exact
+          │  comparison, so a hit can never be a different text); a piece seen before -- Claude Code resends the
+          │  whole conversation every turn -- takes its hits from there. That "hot" tier keeps the texts, bounded
+          │  in bytes; texts pushed out of it leave a "cold" entry keyed by 128 bits of the SHA-256 of their UTF-8
+          │  (bounded in entries), which is computed only for pieces the hot tier does not hold. New pieces are
+          │  joined (as UTF-8)
           │  and searched once per group of keywords; a rule's regex runs only on the pieces holding one of its
           │  keywords, on the text and, when it holds backslashes, on its JSON-unescaped view
           │  (``\\n``, ``\\/``, ``\\u…``).
           │
           └─ each junction between consecutive pieces: the run of token characters ending piece i + the run
-             starting piece i+1 (a wider window for multi-line rules) is scanned the same way, cached by the
-             pair of hashes; only matches that straddle the junction count, so a key split across two content
-             blocks is still found.
+             starting piece i+1 (a wider window for multi-line rules) is scanned the same way, its result kept
+             with piece i+1's cache entry together with the identity (serial) of piece i's; only matches that
+             straddle the junction count, so a key split across two content blocks is still found.
 
 Findings never carry the secret in their repr; :func:`redact_body` replaces every found secret (and its
 JSON-escaped spellings) in the raw request bytes for the stored transcript.
@@ -24,15 +28,17 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import math
 import re
 import string
+import sys
 import tomllib
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib.resources import files
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import orjson
 
@@ -177,7 +183,6 @@ def redacted_form(secret: str, prefix_len: int) -> str:
     return f"{secret[:shown]}…[redacted {len(secret) - shown} chars]"
 
 
-_CacheKey = bytes | str | tuple[bytes | str, bytes | str]  # a piece's key, or a junction's pair of keys
 
 
 # ------------------------------------------------------------------------------------------------ findings
@@ -230,6 +235,18 @@ class _Hit:
 _NO_HITS: tuple[_Hit, ...] = ()
 
 
+@dataclass(slots=True, eq=False)
+class _Entry:
+    """What a Scanner remembers about one text it has scanned."""
+
+    hits: tuple[_Hit, ...]
+    digest: bytes | str  # key in the cold tier: the text itself when short, else 128 bits of its UTF-8's SHA-256
+    size: int  # what its text costs in the hot tier (sys.getsizeof)
+    serial: int  # unique per Scanner: names this text in a neighbour's junction result
+    prev: int = -1  # serial of the piece just before this one when ``junction`` was computed
+    junction: tuple[_Hit, ...] = _NO_HITS  # hits straddling the junction (that piece, this one)
+
+
 def _excerpt(text: str, hit_start: int, hit_end: int, hits: Sequence[_Hit]) -> str:
     """Context around one hit with every hit inside it replaced by its redacted form, on one line."""
     lo, hi = max(0, hit_start - EXCERPT_CONTEXT), min(len(text), hit_end + EXCERPT_CONTEXT)
@@ -251,31 +268,34 @@ def _excerpt(text: str, hit_start: int, hit_end: int, hits: Sequence[_Hit]) -> s
 # ------------------------------------------------------------------------------------------------ walking
 
 
-def request_pieces(body: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Every text the model would read, as ``(location, text)`` in request order (empty texts left out)."""
+def request_pieces(body: Mapping[str, Any], *, locations: bool = True) -> list[tuple[str, str]]:
+    """Every text the model would read, as ``(location, text)`` in request order (empty texts left out).
+
+    ``locations=False`` gives the same texts in the same order with every location ``""`` (cheaper: the scanner
+    needs the locations only when it has found something)."""
     out: list[tuple[str, str]] = []
     system = body.get("system")
     if isinstance(system, str):
-        out.append(("system", system))
+        out.append(("system" if locations else "", system))
     elif isinstance(system, list):
-        _walk_blocks(system, "system", out)
+        _walk_blocks(system, "system" if locations else "", out, locations)
     messages = body.get("messages")
     if isinstance(messages, list):
         for i, message in enumerate(messages):
             if not isinstance(message, dict):
                 continue
             content = message.get("content")
-            where = f"messages[{i}].content"
+            where = f"messages[{i}].content" if locations else ""
             if isinstance(content, str):
                 out.append((where, content))
             elif isinstance(content, list):
-                _walk_blocks(content, where, out)
+                _walk_blocks(content, where, out, locations)
     return [(loc, text) for loc, text in out if text]
 
 
-def _walk_blocks(blocks: list[Any], where: str, out: list[tuple[str, str]]) -> None:
+def _walk_blocks(blocks: list[Any], where: str, out: list[tuple[str, str]], named: bool) -> None:
     for j, block in enumerate(blocks):
-        here = f"{where}[{j}]"
+        here = f"{where}[{j}]" if named else where
         if isinstance(block, str):
             out.append((here, block))
             continue
@@ -289,10 +309,10 @@ def _walk_blocks(blocks: list[Any], where: str, out: list[tuple[str, str]]) -> N
         elif kind == "thinking" and isinstance(block.get("thinking"), str):
             out.append((here, block["thinking"]))
         else:  # tool_use input, tool_result content, documents, search results, anything new: every string
-            _walk_json(block, here, out)
+            _walk_json(block, here, out, named)
 
 
-def _walk_json(value: Any, where: str, out: list[tuple[str, str]]) -> None:
+def _walk_json(value: Any, where: str, out: list[tuple[str, str]], named: bool) -> None:
     if isinstance(value, str):
         out.append((where, value))
     elif isinstance(value, dict):
@@ -300,10 +320,10 @@ def _walk_json(value: Any, where: str, out: list[tuple[str, str]]) -> None:
             return
         for key, item in value.items():
             if key not in _SKIP_KEYS:
-                _walk_json(item, f"{where}.{key}", out)
+                _walk_json(item, f"{where}.{key}" if named else where, out, named)
     elif isinstance(value, list):
         for k, item in enumerate(value):
-            _walk_json(item, f"{where}[{k}]", out)
+            _walk_json(item, f"{where}[{k}]" if named else where, out, named)
 
 
 # ------------------------------------------------------------------------------------------------ prefilter
@@ -415,10 +435,13 @@ class _Prefilter:
 
 
 class Scanner:
-    """Scans requests with a fixed rule set; owns a bounded LRU of per-piece and per-junction results."""
+    """Scans requests with a fixed rule set; owns a bounded LRU of per-piece and per-junction results.
+
+    ``cache_entries`` bounds the number of texts remembered, ``cache_bytes`` the memory of the texts kept in
+    the hot tier (see the module docstring)."""
 
     def __init__(self, rules: Sequence[Rule], virtual_key_check: VirtualKeyCheck | None = None, *,
-                 cache_entries: int = 65_536) -> None:
+                 cache_entries: int = 65_536, cache_bytes: int = 8 << 20) -> None:
         self._rules = tuple(rules)
         self._check = virtual_key_check
         self._prefilter = _Prefilter(self._rules)
@@ -426,17 +449,26 @@ class Scanner:
         self._multiline_keywords = (re.compile("|".join(map(re.escape, multiline_keywords)))
                                     if multiline_keywords else None)
         self._multiline = frozenset(i for i, r in enumerate(self._rules) if r.multiline)
-        self._cache: OrderedDict[_CacheKey, tuple[_Hit, ...]] = OrderedDict()
+        self._hot: OrderedDict[str, _Entry] = OrderedDict()
+        self._hot_bytes = 0
+        self._cold: OrderedDict[bytes | str, _Entry] = OrderedDict()
+        # Junctions whose right-hand text already keeps another neighbour's result (a text that recurs after
+        # different pieces, e.g. a tool name): (left serial, right serial) -> hits, LRU, a quarter of the entries.
+        self._pairs: OrderedDict[tuple[int, int], tuple[_Hit, ...]] = OrderedDict()
+        self._pairs_max = cache_entries // 4
+        self._serials = itertools.count()
         self._cache_entries = cache_entries
+        self._cache_bytes = cache_bytes
         self.pieces_scanned = 0
         self.pieces_cached = 0
         self.chars_scanned = 0
 
     @classmethod
     def load(cls, virtual_key_check: VirtualKeyCheck | None = None, *, rules: Sequence[Rule] | None = None,
-             cache_entries: int = 65_536) -> Scanner:
+             cache_entries: int = 65_536, cache_bytes: int = 8 << 20) -> Scanner:
         """A scanner over the packaged rules. Without ``virtual_key_check`` the virtual-key rule finds nothing."""
-        return cls(load_rules() if rules is None else rules, virtual_key_check, cache_entries=cache_entries)
+        return cls(load_rules() if rules is None else rules, virtual_key_check, cache_entries=cache_entries,
+                   cache_bytes=cache_bytes)
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -444,7 +476,12 @@ class Scanner:
 
     @property
     def cache_size(self) -> int:
-        return len(self._cache)
+        return len(self._hot) + len(self._cold) + len(self._pairs)
+
+    @property
+    def cache_text_bytes(self) -> int:
+        """Memory of the texts the hot tier keeps (at most ``cache_bytes``)."""
+        return self._hot_bytes
 
     @staticmethod
     def blocking(findings: Iterable[Finding]) -> list[Finding]:
@@ -455,47 +492,111 @@ class Scanner:
 
     def scan_request(self, body: Mapping[str, Any]) -> list[Finding]:
         """Distinct secrets in a Messages request body (already parsed), in request order."""
-        return self.scan_pieces(request_pieces(body))
+        texts = [text for _, text in request_pieces(body, locations=False)]
+        entries = self._entries(texts)
+        junctions = self._junctions(texts, entries)
+        if not any(e.hits for e in entries) and not any(junctions):
+            return []  # the common case: the locations are never needed
+        pieces = request_pieces(body)
+        assert [text for _, text in pieces] == texts
+        return self._findings(pieces, [e.hits for e in entries], junctions)
 
     def scan_text(self, text: str, location: str = "text") -> list[Finding]:
         return self.scan_pieces([(location, text)] if text else [])
 
     def scan_pieces(self, pieces: Sequence[tuple[str, str]]) -> list[Finding]:
         texts = [text for _, text in pieces]
-        datas = [text.encode("utf-8", "surrogatepass") for text in texts]
-        keys: list[bytes | str] = [text if len(text) <= SHORT_PIECE else hashlib.sha256(data).digest()[:16]
-                                   for text, data in zip(texts, datas, strict=True)]
-        piece_hits = self._lookup_or_scan(
-            keys, lambda fresh: self._scan_fresh_pieces([texts[i] for i in fresh], [datas[i] for i in fresh]))
-        junction_hits = self._lookup_or_scan(
-            [(keys[i], keys[i + 1]) for i in range(len(texts) - 1)],
-            lambda fresh: self._scan_fresh_junctions(
-                [(texts[i], texts[i + 1], piece_hits[i], piece_hits[i + 1]) for i in fresh]),
-        )
-        return self._findings(pieces, piece_hits, junction_hits)
+        entries = self._entries(texts)
+        return self._findings(pieces, [e.hits for e in entries], self._junctions(texts, entries))
 
     # -- cache
 
-    def _lookup_or_scan(self, keys: Sequence[_CacheKey],
-                        scan: Callable[[list[int]], list[tuple[_Hit, ...]]]) -> list[tuple[_Hit, ...]]:
-        """Cached results for ``keys``; ``scan(indexes)`` computes (and the cache keeps) the missing ones."""
-        results: list[tuple[_Hit, ...] | None] = []
+    def _entries(self, texts: list[str]) -> list[_Entry]:
+        """Each text's cache entry; texts seen for the first time are scanned (and remembered) here."""
+        hot = self._hot
+        found: list[_Entry | None] = []
         missing: list[int] = []
-        for i, key in enumerate(keys):
-            cached = self._cache.get(key)
-            if cached is None:
+        for i, text in enumerate(texts):
+            entry = hot.get(text)  # str hash (cached on the str), then identity or an exact comparison
+            if entry is None:
                 missing.append(i)
             else:
-                self._cache.move_to_end(key)
-            results.append(cached)
-        self.pieces_cached += len(keys) - len(missing)
-        if missing:
-            for i, hits in zip(missing, scan(missing), strict=True):
+                hot.move_to_end(text)
+            found.append(entry)
+        if not missing:
+            self.pieces_cached += len(texts)
+            return cast(list[_Entry], found)  # no None in it
+        here: dict[str, _Entry] = {}  # entries found or made in this call (the LRU may drop them meanwhile)
+        fresh: dict[str, tuple[bytes, bytes | str]] = {}  # text -> (UTF-8, digest), to scan
+        for i in missing:
+            text = texts[i]
+            if text in here or text in fresh:
+                continue
+            data = text.encode("utf-8", "surrogatepass")
+            digest = text if len(text) <= SHORT_PIECE else hashlib.sha256(data).digest()[:16]
+            entry = self._cold.pop(digest, None)
+            if entry is None:
+                fresh[text] = (data, digest)
+            else:
+                here[text] = entry
+                self._admit(text, entry)
+        if fresh:
+            scanned = self._scan_fresh_pieces(list(fresh), [data for data, _ in fresh.values()])
+            for (text, (_, digest)), hits in zip(fresh.items(), scanned, strict=True):
+                here[text] = entry = _Entry(hits, digest, sys.getsizeof(text), next(self._serials))
+                self._admit(text, entry)
+        self.pieces_cached += len(texts) - len(fresh)
+        return [entry if entry is not None else here[texts[i]] for i, entry in enumerate(found)]
+
+    def _admit(self, text: str, entry: _Entry) -> None:
+        """Put ``entry`` in the hot tier; demote (bytes) and drop (entries) the least recently used."""
+        hot, cold = self._hot, self._cold
+        hot[text] = entry
+        self._hot_bytes += entry.size
+        while self._hot_bytes > self._cache_bytes and hot:
+            _, old = hot.popitem(last=False)
+            self._hot_bytes -= old.size
+            cold[old.digest] = old
+        while len(hot) + len(cold) > self._cache_entries - self._pairs_max:
+            if cold:
+                cold.popitem(last=False)
+            else:
+                _, old = hot.popitem(last=False)
+                self._hot_bytes -= old.size
+
+    def _junctions(self, texts: list[str], entries: list[_Entry]) -> list[tuple[_Hit, ...]]:
+        """Hits straddling each junction of consecutive pieces: kept with the right-hand piece's entry as long
+        as the piece before it is the same text (same serial), else scanned."""
+        results: list[tuple[_Hit, ...]] = []
+        fresh: list[int] = []
+        pairs = self._pairs
+        for i in range(len(entries) - 1):
+            right = entries[i + 1]
+            if right.prev == entries[i].serial:
+                results.append(right.junction)
+                continue
+            key = (entries[i].serial, right.serial)
+            cached = pairs.get(key)
+            if cached is None:
+                fresh.append(i)
+                results.append(_NO_HITS)
+            else:
+                pairs.move_to_end(key)
+                results.append(cached)
+        self.pieces_cached += len(results) - len(fresh)
+        if fresh:
+            scanned = self._scan_fresh_junctions(
+                [(texts[i], texts[i + 1], entries[i].hits, entries[i + 1].hits) for i in fresh])
+            for i, hits in zip(fresh, scanned, strict=True):
                 results[i] = hits
-                self._cache[keys[i]] = hits
-            while len(self._cache) > self._cache_entries:
-                self._cache.popitem(last=False)
-        return [r if r is not None else _NO_HITS for r in results]
+                right = entries[i + 1]
+                if right.prev < 0:
+                    right.prev, right.junction = entries[i].serial, hits
+                elif self._pairs_max:
+                    pairs[(entries[i].serial, right.serial)] = hits
+                    if len(pairs) > self._pairs_max:
+                        pairs.popitem(last=False)
+        return results
 
     # -- matching
 

@@ -1,8 +1,10 @@
 """Course policies, read from Postgres and cached per worker.
 
 An entry is trusted for ``ttl_s`` (1 s by default, so a ``quota set`` reaches every worker within a second even
-without the pub/sub invalidation); after that the next request reloads it. If Postgres is unreachable a stale
-entry keeps serving (Postgres is the record, not the request path), and the failure is logged.
+without the pub/sub invalidation); after that the next request reloads it. :meth:`PolicyCache.invalidate` marks
+entries stale at once: the app's :class:`~gateway.invalidation.InvalidationListener` calls it when a course
+changes. If Postgres is unreachable a stale entry keeps serving (Postgres is the record, not the request path),
+and the failure is logged and counted.
 """
 
 from __future__ import annotations
@@ -10,29 +12,39 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import asyncpg
 
 from .errors import PermissionDenied
 from .policy import Policy
 
+if TYPE_CHECKING:
+    from .metrics import Metrics
+
 log = logging.getLogger(__name__)
 
 SELECT_COURSE = "SELECT * FROM courses WHERE course_id = $1"
+_STALE = float("-inf")
 
 
 class PolicyCache:
-    def __init__(self, pool: asyncpg.Pool, *, ttl_s: float = 1.0) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, ttl_s: float = 1.0, metrics: Metrics | None = None) -> None:
         self._pool = pool
         self._ttl_s = ttl_s
+        self._metrics = metrics
         self._entries: dict[str, tuple[float, Policy]] = {}
         self._loading: dict[str, asyncio.Future[Policy]] = {}
+        self._generation = 0  # bumped by invalidate(): a load that started before it stores a stale entry
 
     def invalidate(self, course: str | None = None) -> None:
-        if course is None:
-            self._entries.clear()
-        else:
-            self._entries.pop(course, None)
+        """Reload ``course`` (``None``: every course) on its next use; the old entry only serves if Postgres
+        cannot be reached."""
+        self._generation += 1
+        for name in [course] if course is not None else list(self._entries):
+            entry = self._entries.get(name)
+            if entry is not None:
+                self._entries[name] = (_STALE, entry[1])
 
     async def get(self, course: str) -> Policy:
         entry = self._entries.get(course)
@@ -56,9 +68,13 @@ class PolicyCache:
         return await asyncio.shield(pending)
 
     async def _load(self, course: str, stale: Policy | None) -> Policy:
+        generation = self._generation
+        started = time.monotonic()
         try:
             row = await self._pool.fetchrow(SELECT_COURSE, course)
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            if self._metrics is not None:
+                self._metrics.postgres_errors.labels("policy").inc()
             if stale is None:
                 raise
             log.warning("policy reload for course %s failed, serving cached policy: %s", course, exc)
@@ -66,5 +82,5 @@ class PolicyCache:
         if row is None:
             raise PermissionDenied(f"Course {course!r} is not set up on this gateway; contact your convenor.")
         policy = Policy.from_row(row)
-        self._entries[course] = (time.monotonic(), policy)
+        self._entries[course] = (started if generation == self._generation else _STALE, policy)
         return policy

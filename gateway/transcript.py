@@ -79,6 +79,9 @@ class TranscriptRecord:
     refused_reason: str = ""
     period_start: float | None = None
     carried: int = 0
+    # The proxy's parse of request_body (orjson.loads), when it has one: saves the writer a second parse. Never
+    # spooled, never compared; only a hint (contentstore.split checks every byte against request_body).
+    request_payload: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
 
 _GET_META = operator.attrgetter(*_META_FIELDS)

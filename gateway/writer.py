@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import random
@@ -180,7 +181,8 @@ async def prepare(items: list[_Item], known: Container[bytes] = frozenset()) -> 
             continue  # the same request twice in one batch: the first one wins, as ON CONFLICT would decide
         seen.add(record.request_id)
         try:
-            body = contentstore.split(record.request_body)
+            body = contentstore.split(record.request_body, record.request_payload)
+            record.request_payload = None  # not needed any more: let the parse go before the batch commits
             transcript, usage = _rows(record, body)
         except Exception as exc:  # a record that cannot be prepared is set aside, not dropped
             out.rejected.append((item, exc))
@@ -220,7 +222,7 @@ class TranscriptWriter:
         retry_initial_s: float = 0.05,
         retry_max_s: float = 5.0,
         batch_timeout_s: float = 60.0,
-        blob_cache_size: int = 200_000,
+        blob_cache_size: int = 50_000,  # ~100 bytes each
         read_max_bytes: int = 32 << 20,
     ) -> None:
         if isinstance(pool, asyncpg.Pool):
@@ -564,7 +566,7 @@ class TranscriptWriter:
             known[key] = None
         overflow = len(known) - self.blob_cache_size
         if overflow > 0:
-            for key in list(known)[:overflow]:
+            for key in list(itertools.islice(known, overflow)):  # the oldest: dicts keep insertion order
                 del known[key]
 
     # -- records Postgres will not take ----------------------------------------------------------------------

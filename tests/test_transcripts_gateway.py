@@ -15,7 +15,7 @@ import aiohttp
 import asyncpg
 import orjson
 
-from gateway import courses
+from gateway import appkeys, courses
 from gateway.fakeupstream import FakeUpstream
 from gateway.stores import open_stores
 from tests.harness import COURSE, KEY_SECRET, make_settings, running_gateway
@@ -69,6 +69,7 @@ async def _bodies_by_session(dsn: str) -> dict[str, bytes]:
     return {r["session_id"]: by_id[r["request_id"]] for r in rows}
 
 
+OUTAGE_S = 60.0
 ROOMY = {"limit": 1_000_000_000, "max_inflight_per_student": 64}  # these tests are about records, not quotas
 
 
@@ -90,9 +91,7 @@ async def test_ten_thousand_requests_transcribed_exactly(aiohttp_server, pg_dsn:
 
 async def test_postgres_outage_loses_nothing(aiohttp_server, pg_dsn: str, redis_url: str,  # type: ignore[no-untyped-def]
                                              redis_prefix: str, tmp_path: Path) -> None:
-    """The issue asks for 60 s; here the outage lasts as long as 2,000 requests take to flow (several seconds,
-    many failed reconnects with backoff). The writer's behaviour does not depend on the length: records wait in
-    the spool and the queue until Postgres answers (tests/test_writer_outage.py; a 60 s run was done by hand)."""
+    """Postgres unreachable for 60 s while 2,000 requests flow through the gateway; then it comes back."""
     proxy = TcpProxy.for_dsn(pg_dsn)
     await proxy.open()
     async with running_gateway(aiohttp_server, pg_dsn=proxy.dsn(pg_dsn), redis_url=redis_url,
@@ -101,10 +100,15 @@ async def test_postgres_outage_loses_nothing(aiohttp_server, pg_dsn: str, redis_
         assert set((await _send_all(h.url, h.key, warm)).values()) == {200}
         await h.flush()
         await proxy.close()  # Postgres unreachable from here on
+        outage_ends = asyncio.get_running_loop().time() + OUTAGE_S
         rng = random.Random(5)
         bodies = {str(uuid.uuid4()): _body(i, rng) for i in range(2_000)}
         statuses = await _send_all(h.url, h.key, bodies)
         assert set(statuses.values()) == {200}  # students never notice
+        assert h.app[appkeys.WRITER].records_written == 1  # only the warm-up: nothing reached Postgres since
+        # The outage itself is what is being tested (the writer retrying with backoff all along), not a wait for
+        # anything to happen: hold Postgres down for the rest of the 60 s.
+        await asyncio.sleep(max(0.0, outage_ends - asyncio.get_running_loop().time()))
         await proxy.open()
         await h.flush()
     await proxy.close()
