@@ -36,8 +36,7 @@ from .amounts import parse_amount
 from .auth import AdminPrincipal, admin_principal
 from .errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied
 from .keyring import Keyring, KeyringError
-from .quota_api import SELECT_STUDENTS as SELECT_QUOTA_STUDENTS
-from .quota_api import quota_entry
+from .quota_api import course_entries
 from .usage_report import ReportError, render_csv, usage_report
 
 OPENAPI_RESOURCE = ("data", "admin_openapi.json")
@@ -184,13 +183,8 @@ class AdminApi:
 
     async def quota(self, request: web.Request) -> web.Response:
         _, course = await self.course(request)
-        app = self.app
-        policy = await app[appkeys.POLICIES].get(course)
-        rows = await app[appkeys.PG_POOL].fetch(
-            SELECT_QUOTA_STUDENTS, course, request.query.get("group"), request.query.get("student"))
-        ledger = app[appkeys.LEDGER]
-        states = await asyncio.gather(*(ledger.read(policy, course, r["student_id"]) for r in rows))
-        return _json([quota_entry(course, r["student_id"], r["grp"], s) for r, s in zip(rows, states, strict=True)])
+        return _json(await course_entries(self.app, course, group=request.query.get("group"),
+                                          student=request.query.get("student")))
 
     async def usage(self, request: web.Request) -> web.Response:
         _, course = await self.course(request)

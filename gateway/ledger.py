@@ -177,6 +177,10 @@ class Ledger:
     def keyspace(self) -> Keyspace:
         return self._keys
 
+    @property
+    def redis(self) -> AnyRedis:
+        return self._redis
+
     def now(self) -> float:
         """This ledger's idea of now (the test clock, else this host's clock; the scripts use Redis TIME)."""
         return self._clock() if self._clock is not None else time.time()
@@ -287,3 +291,25 @@ class Ledger:
             return None
         status, _, reason = _text(value).partition("|")
         return KeyStatus(status, reason)
+
+
+@dataclass(frozen=True, slots=True)
+class FreshContents:
+    """What a fresh (not yet reconciled) bucket has collected since Redis created it."""
+
+    created: float
+    settled: frozenset[str]  # request ids debited into it
+    grants: frozenset[str]  # grant ids applied to it
+
+
+async def fresh_contents(ledger: Ledger, course: str, student: str) -> FreshContents | None:
+    """None when the bucket is not fresh (missing, or already reconciled)."""
+    ks = ledger.keyspace
+    redis = ledger.redis
+    created = await redis.hget(ks.bucket(course, student), "fresh")
+    if created is None:
+        return None
+    since = float(created)
+    settled = await redis.zrangebyscore(ks.settled(course, student), since, "+inf")
+    grants = await redis.zrangebyscore(ks.grants(course, student), since, "+inf")
+    return FreshContents(since, frozenset(map(_text, settled)), frozenset(map(_text, grants)))

@@ -46,7 +46,7 @@ class QuotaApi:
         claims = student_claims(request, app[appkeys.CODEC])
         await app[appkeys.GATE].check_key(claims)
         policy = await app[appkeys.POLICIES].get(claims.course)
-        state = await app[appkeys.LEDGER].read(policy, claims.course, claims.student)
+        state = await app[appkeys.GATE].read(policy, claims.course, claims.student)
         group = await app[appkeys.PG_POOL].fetchval(SELECT_GROUP, claims.course, claims.student) or ""
         return web.Response(body=orjson.dumps(quota_entry(claims.course, claims.student, group, state)),
                             content_type="application/json")
@@ -63,10 +63,16 @@ class QuotaApi:
             raise InvalidRequest("Say which course: /quota?course=C[&group=G][&student=S].")
         if not admin.can_see(course):
             raise PermissionDenied(f"This admin token cannot see course {course!r}.")
-        policy = await app[appkeys.POLICIES].get(course)
-        rows = await app[appkeys.PG_POOL].fetch(
-            SELECT_STUDENTS, course, request.query.get("group"), request.query.get("student"))
-        ledger = app[appkeys.LEDGER]
-        states = await asyncio.gather(*(ledger.read(policy, course, r["student_id"]) for r in rows))
-        entries = [quota_entry(course, r["student_id"], r["grp"], s) for r, s in zip(rows, states, strict=True)]
+        entries = await course_entries(app, course, group=request.query.get("group"),
+                                       student=request.query.get("student"))
         return web.Response(body=orjson.dumps(entries), content_type="application/json")
+
+
+async def course_entries(app: web.Application, course: str, *, group: str | None = None,
+                         student: str | None = None) -> list[dict[str, Any]]:
+    """The quota entries of a course's enrolled students (optionally one group or one student)."""
+    policy = await app[appkeys.POLICIES].get(course)
+    rows = await app[appkeys.PG_POOL].fetch(SELECT_STUDENTS, course, group, student)
+    gate = app[appkeys.GATE]
+    states = await asyncio.gather(*(gate.read(policy, course, r["student_id"]) for r in rows))
+    return [quota_entry(course, r["student_id"], r["grp"], s) for r, s in zip(rows, states, strict=True)]

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from .ledger import BucketSnapshot, BucketState, Ledger
+from .ledger import BucketSnapshot, BucketState, Ledger, fresh_contents
 from .periods import boundaries
 from .policy import Policy
 
@@ -43,7 +43,7 @@ JOIN usage_events e
   ON e.course_id = $1
  AND e.at >= ($2::timestamptz[])[1] - interval '1 day'
  AND COALESCE(e.period_start, e.at) >= p.ps AND COALESCE(e.period_start, e.at) < p.pe
-WHERE $4::text[] IS NULL OR e.student_id = ANY($4)
+WHERE ($4::text[] IS NULL OR e.student_id = ANY($4)) AND NOT (e.request_id = ANY($5::text[]))
 GROUP BY p.idx, e.student_id
 """
 
@@ -51,7 +51,7 @@ PERIOD_GRANTS = """
 SELECT p.idx, g.student_id, sum(g.tokens)::bigint AS granted
 FROM unnest($2::timestamptz[], $3::timestamptz[]) WITH ORDINALITY AS p(ps, pe, idx)
 JOIN grants g ON g.course_id = $1 AND g.period_start >= p.ps AND g.period_start < p.pe
-WHERE $4::text[] IS NULL OR g.student_id = ANY($4)
+WHERE ($4::text[] IS NULL OR g.student_id = ANY($4)) AND NOT (g.request_id = ANY($5::text[]))
 GROUP BY p.idx, g.student_id
 """
 
@@ -96,8 +96,12 @@ async def snapshots(
     policy: Policy,
     now: float,
     students: Sequence[str] | None = None,
+    *,
+    exclude_requests: Sequence[str] = (),
+    exclude_grants: Sequence[str] = (),
 ) -> dict[str, BucketSnapshot]:
-    """The current period's bucket of every student with a record (or of ``students``), from Postgres."""
+    """The current period's bucket of every student with a record (or of ``students``), from Postgres,
+    leaving out the usage rows and grants named in ``exclude_*`` (already counted in a fresh Redis bucket)."""
     bounds = boundaries(policy, now, HISTORY_PERIODS + 1, 1)
     starts, ends = [_ts(b) for b in bounds[:-1]], [_ts(b) for b in bounds[1:]]
     periods = len(starts)
@@ -107,10 +111,10 @@ async def snapshots(
     def slot(student: str, idx: int) -> _Totals:
         return totals.setdefault(student, [_Totals() for _ in range(periods)])[idx - 1]
 
-    for row in await conn.fetch(PERIOD_USAGE, policy.course, starts, ends, wanted):
+    for row in await conn.fetch(PERIOD_USAGE, policy.course, starts, ends, wanted, list(exclude_requests)):
         entry = slot(row["student_id"], row["idx"])
         entry.used, entry.hits, entry.carried = row["used"], row["hits"], row["carried"]
-    for row in await conn.fetch(PERIOD_GRANTS, policy.course, starts, ends, wanted):
+    for row in await conn.fetch(PERIOD_GRANTS, policy.course, starts, ends, wanted, list(exclude_grants)):
         slot(row["student_id"], row["idx"]).granted = row["granted"]
     older = {row["student_id"] for row in await conn.fetch(OLDER_STUDENTS, policy.course, starts[0], wanted)}
     for student in older:
@@ -187,9 +191,21 @@ async def ensure_bucket(pool: asyncpg.Pool, ledger: Ledger, policy: Policy, cour
 
     Adds the record's totals to what the new bucket collected since it was created, once (a second call, or a
     call for a bucket already reconciled, changes nothing). Call it when a reservation or read says ``fresh``.
+
+    Exact also when the reconcile comes late (a first attempt failed, or a student's first requests ran
+    concurrently): debits and grants the fresh bucket already holds are left out of the Postgres totals. The
+    Postgres snapshot is taken before Redis is asked what the bucket holds, and a debit reaches Redis before its
+    row reaches Postgres, so every row the snapshot sees that the bucket holds too is named by Redis.
     """
     now = ledger.now()
-    snapshot = (await snapshots(pool, policy, now, [student])).get(student)
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        await conn.execute("SELECT 1")  # fixes the snapshot every query below sees
+        held = await fresh_contents(ledger, course, student)
+        snapshot = (await snapshots(
+            conn, policy, now, [student],
+            exclude_requests=sorted(held.settled) if held else (),
+            exclude_grants=sorted(held.grants) if held else (),
+        )).get(student)
     if snapshot is None:
         start, end = boundaries(policy, now, 1, 1)
         snapshot = BucketSnapshot(start, end, 0, 0, 0, 0)

@@ -8,7 +8,7 @@
 --   granted     tokens granted by the convenor this period
 --   used        weighted tokens settled this period
 --   hits        requests refused for quota this period
---   fresh       present (1) while the bucket has not been reconciled with Postgres (created here, not restored)
+--   fresh       present (the Redis time it was created) while the bucket has not been reconciled with Postgres
 -- remaining = limit + carried + granted - used; limit comes from the caller's policy on every call.
 -- The in-flight hash maps request id -> "<estimate>:<reserved at, epoch s>".
 --
@@ -99,7 +99,7 @@ local function bucket_save(key, b)
     redis.call('HSET', key, 'ps', b.ps, 'pe', b.pe, 'carried', b.carried, 'granted', b.granted,
                'used', b.used, 'hits', b.hits)
     if not b.exists then
-      redis.call('HSET', key, 'fresh', 1)
+      redis.call('HSET', key, 'fresh', NOW)
     end
   end
 end
