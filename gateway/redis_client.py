@@ -2,8 +2,9 @@
 never stalls a request for longer than about ``redis_timeout_s``.
 
 * Standalone: a :class:`~redis.asyncio.BlockingConnectionPool` of ``redis_pool_size`` connections; a caller waits
-  at most ``redis_timeout_s`` for a free connection, then gets ``ConnectionError``. Every socket read, write and
-  connect times out after ``redis_timeout_s``. redis-py retries a failed command three times by default (with
+  at most ``redis_timeout_s`` for a free connection, then gets ``ConnectionError``. Every socket read and write
+  times out after ``redis_timeout_s`` (2 s: a loaded event loop must not read its own lag as an outage), a
+  connect after ``redis_connect_timeout_s`` (0.5 s). redis-py retries a failed command three times by default (with
   backoff): that would multiply the stall, so retries are off -- the gate's fail mode is the retry policy.
 * Cluster (``GATEWAY_REDIS_CLUSTER=1``): the same timeouts per node and no command retries; the node pools refuse
   rather than wait past ``redis_pool_size``, so the ledger queues its calls (:func:`ledger_concurrency`).
@@ -40,12 +41,12 @@ def create_redis(url: str, settings: Settings) -> AnyRedis:
     timeout = settings.redis_timeout_s
     if settings.redis_cluster:
         return RedisCluster.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout,
+            url, socket_timeout=timeout, socket_connect_timeout=settings.redis_connect_timeout_s,
             max_connections=settings.redis_pool_size, retry=_no_retry(),
         )
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=settings.redis_pool_size, timeout=timeout,
-        socket_timeout=timeout, socket_connect_timeout=timeout, retry=_no_retry(),
+        socket_timeout=timeout, socket_connect_timeout=settings.redis_connect_timeout_s, retry=_no_retry(),
     )
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() disconnects it
 
@@ -59,6 +60,6 @@ def create_subscriber(url: str, settings: Settings) -> aioredis.Redis:
     """A single-connection client for pub/sub (the subscription holds its connection for good)."""
     timeout = settings.redis_timeout_s
     return aioredis.Redis.from_url(
-        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=_no_retry(),
+        url, socket_timeout=timeout, socket_connect_timeout=settings.redis_connect_timeout_s, retry=_no_retry(),
     )
 

@@ -17,7 +17,8 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     redis_cluster: bool = False
     redis_prefix: str = "gw"
-    redis_timeout_s: float = 0.5
+    redis_timeout_s: float = 2.0  # a command, or the wait for a pooled connection
+    redis_connect_timeout_s: float = 0.5  # a new connection: short, so an unreachable Redis is noticed fast
     redis_pool_size: int = 64
     database_url: str | None = None
     data_dir: Path = Path("./.gateway")
