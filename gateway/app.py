@@ -91,7 +91,8 @@ async def _postgres(app: web.Application) -> AsyncIterator[None]:
 async def _core(app: web.Application) -> AsyncIterator[None]:
     settings = app[appkeys.SETTINGS]
     pool, ledger, metrics = app[appkeys.PG_POOL], app[appkeys.LEDGER], app[appkeys.METRICS]
-    policies = app[appkeys.POLICIES] = PolicyCache(pool, metrics=metrics)
+    policies = app[appkeys.POLICIES] = PolicyCache(pool, metrics=metrics, redis=app[appkeys.REDIS],
+                                                   keyspace=ledger.keyspace)
     keys = app[appkeys.KEY_STATUS] = KeyStatusStore(ledger, pool)
     gate = app[appkeys.GATE] = Gate(
         ledger, keys, pool, fail_mode=settings.fail_mode, contact=settings.contact,

@@ -41,6 +41,10 @@ class Keyspace:
         """String: ``active`` / ``suspended`` / ``revoked`` (optionally ``status|reason``) for one virtual key."""
         return f"{self.prefix}:{self.student_tag(course, student)}:key:{_tag_safe(jti)}"
 
+    def policy(self, course: str) -> str:
+        """String: the course's policy as JSON, a copy for workers that cannot reach Postgres."""
+        return f"{self.prefix}:policy:{_tag_safe(course)}"
+
     def invalidation_channel(self) -> str:
         """Pub/sub channel telling every worker to drop cached policy / key state."""
         return f"{self.prefix}:invalidate"
