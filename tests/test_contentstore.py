@@ -172,3 +172,19 @@ def test_random_bodies_in_any_formatting_join_back_exactly() -> None:
                 assert [orjson.loads(p.content) for p in message_parts] == body["messages"]
         # Both span finders agree on compact bodies (the fast path is only a shortcut).
         assert scan_spans(compact) == find_spans(compact)
+
+
+def test_the_proxys_parse_is_reused_and_a_wrong_one_never_changes_the_bytes() -> None:
+    turns = generate_session(5, SessionConfig(turns=4))
+    for turn in turns:
+        parsed = orjson.loads(turn.body)
+        assert split(turn.body, parsed) == split(turn.body)  # same split with or without the caller's parse
+    raw, other = turns[-1].body, turns[0].body
+    pretty = json.dumps(orjson.loads(raw), indent=1).encode()
+    # A parse of a different body, or of the same content formatted otherwise: still exactly the raw bytes.
+    for body, parse in ((raw, orjson.loads(other)), (pretty, orjson.loads(raw)), (b'{"a":1,"a":2}', {"a": 2}),
+                        (b"[1]", {"a": 1}), (raw + b" ", orjson.loads(raw))):
+        parts = split(body, parse)
+        blobs = {part.hash: part.content for part in parts.parts}
+        assert join(parts.skeleton, parts.offsets, [p.hash for p in parts.parts], blobs) == body
+        assert parts.size == len(body)

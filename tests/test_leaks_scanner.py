@@ -263,3 +263,36 @@ def test_redact_body_replaces_every_spelling_and_keeps_valid_json() -> None:
     assert redacted.count(b"[REDACTED:slack_webhook]") == 2
     assert parsed["messages"][0]["content"][0]["text"] == "url [REDACTED:slack_webhook]"
     assert redact_body(raw, []) == raw
+
+
+def test_texts_without_locations_are_the_same_texts_in_the_same_order() -> None:
+    request = body(user(text("a"), {"type": "tool_result", "tool_use_id": "t", "content": [text("b"), "c"]}),
+                   {"role": "assistant", "content": [{"type": "tool_use", "id": "x", "name": "Read",
+                                                      "input": {"p": ["d", {"q": "e"}]}}]},
+                   system=[text("s1"), text("s2")])
+    pieces = request_pieces(request)
+    assert [t for _, t in request_pieces(request, locations=False)] == [t for _, t in pieces]
+    assert [t for _, t in pieces] == ["s1", "s2", "a", "b", "c", "Read", "d", "e"]
+
+
+def test_a_text_that_recurs_after_different_pieces_still_catches_a_split_key() -> None:
+    scanner = Scanner(RULES)
+    recurring = text(ANTHROPIC[30:])  # the same tail after several different heads
+    quiet = body(user(text("nothing here"), recurring), user(text("still nothing"), recurring))
+    assert scanner.scan_request(quiet) == []
+    split_key = body(user(text("nothing here"), recurring), user(text("config: " + ANTHROPIC[:30]), recurring))
+    (finding,) = blocking(scanner, split_key)
+    assert finding.location == "messages[1].content[0]+messages[1].content[1]"
+    assert blocking(scanner, split_key) == [finding]  # again, from the cache
+
+
+def test_the_texts_kept_are_bounded_in_bytes_and_evicted_texts_are_still_recognised() -> None:
+    scanner = Scanner(RULES, cache_bytes=4_000)
+    for i in range(40):
+        scanner.scan_request(body(user(text(f"message number {i} " * 20))))
+    assert 0 < scanner.cache_text_bytes <= 4_000
+    scanned = scanner.pieces_scanned
+    scanner.scan_request(body(user(text("message number 0 " * 20))))  # pushed out of the text tier long ago
+    assert scanner.pieces_scanned == scanned  # known by its digest: not scanned again
+    (finding,) = blocking(scanner, body(user(text("message number 0 " * 20 + ANTHROPIC))))
+    assert finding.rule_id == "anthropic_api_key"

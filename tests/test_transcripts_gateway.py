@@ -16,11 +16,12 @@ import asyncpg
 import orjson
 
 from gateway import appkeys, courses
+from gateway.contentstore import join_packed
 from gateway.fakeupstream import FakeUpstream
 from gateway.stores import open_stores
 from tests.harness import COURSE, KEY_SECRET, make_settings, running_gateway
 from tests.ops_support import gateway_process
-from tests.test_writer_support import TcpProxy, stored_bodies
+from tests.test_writer_support import TcpProxy
 
 
 def _body(i: int, rng: random.Random) -> bytes:
@@ -58,15 +59,20 @@ async def _send_all(url: str, key: str, bodies: dict[str, bytes], concurrency: i
 
 
 async def _bodies_by_session(dsn: str) -> dict[str, bytes]:
-    by_id = await stored_bodies(dsn)
+    """Every stored request body by the session id it was sent with (read in one snapshot: the gateway under
+    test may still be writing)."""
     conn = await asyncpg.connect(dsn)
     try:
-        rows = await conn.fetch("SELECT request_id, session_id FROM transcripts")
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            rows = await conn.fetch(
+                "SELECT session_id, request_skeleton, request_offsets, request_parts FROM transcripts")
+            blobs = {r["hash"]: r["content"] for r in await conn.fetch("SELECT hash, content FROM transcript_blobs")}
     finally:
         await conn.close()
     sessions = [r["session_id"] for r in rows]
     assert len(sessions) == len(set(sessions)), "a request was transcribed twice"
-    return {r["session_id"]: by_id[r["request_id"]] for r in rows}
+    return {r["session_id"]: join_packed(r["request_skeleton"], r["request_offsets"], r["request_parts"], blobs)
+            for r in rows}
 
 
 OUTAGE_S = 60.0
@@ -94,26 +100,28 @@ async def test_postgres_outage_loses_nothing(aiohttp_server, pg_dsn: str, redis_
     """Postgres unreachable for 60 s while 2,000 requests flow through the gateway; then it comes back."""
     proxy = TcpProxy.for_dsn(pg_dsn)
     await proxy.open()
-    async with running_gateway(aiohttp_server, pg_dsn=proxy.dsn(pg_dsn), redis_url=redis_url,
-                               redis_prefix=redis_prefix, data_dir=tmp_path, **ROOMY) as h:
-        warm = {str(uuid.uuid4()): _body(0, random.Random(0))}
-        assert set((await _send_all(h.url, h.key, warm)).values()) == {200}
-        await h.flush()
-        await proxy.close()  # Postgres unreachable from here on
-        outage_ends = asyncio.get_running_loop().time() + OUTAGE_S
-        rng = random.Random(5)
-        bodies = {str(uuid.uuid4()): _body(i, rng) for i in range(2_000)}
-        statuses = await _send_all(h.url, h.key, bodies)
-        assert set(statuses.values()) == {200}  # students never notice
-        assert h.app[appkeys.WRITER].records_written == 1  # only the warm-up: nothing reached Postgres since
-        # The outage itself is what is being tested (the writer retrying with backoff all along), not a wait for
-        # anything to happen: hold Postgres down for the rest of the 60 s.
-        await asyncio.sleep(max(0.0, outage_ends - asyncio.get_running_loop().time()))
-        await proxy.open()
-        await h.flush()
-    await proxy.close()
-    stored = await _bodies_by_session(pg_dsn)
-    assert stored == {**warm, **bodies}
+    try:
+        async with running_gateway(aiohttp_server, pg_dsn=proxy.dsn(pg_dsn), redis_url=redis_url,
+                                   redis_prefix=redis_prefix, data_dir=tmp_path, **ROOMY) as h:
+            warm = {str(uuid.uuid4()): _body(0, random.Random(0))}
+            assert set((await _send_all(h.url, h.key, warm)).values()) == {200}
+            await h.flush()
+            await proxy.close()  # Postgres unreachable from here on
+            outage_ends = asyncio.get_running_loop().time() + OUTAGE_S
+            rng = random.Random(5)
+            bodies = {str(uuid.uuid4()): _body(i, rng) for i in range(2_000)}
+            statuses = await _send_all(h.url, h.key, bodies)
+            assert set(statuses.values()) == {200}  # students never notice
+            assert h.app[appkeys.WRITER].records_written == 1  # only the warm-up: nothing reached Postgres since
+            # The outage itself is what is being tested (the writer retrying with backoff all along), not a wait for
+            # anything to happen: hold Postgres down for the rest of the 60 s.
+            await asyncio.sleep(max(0.0, outage_ends - asyncio.get_running_loop().time()))
+            await proxy.open()
+            await h.flush()
+        stored = await _bodies_by_session(pg_dsn)
+        assert stored == {**warm, **bodies}
+    finally:
+        await proxy.shutdown()
 
 
 async def test_sigkill_mid_load_then_restart_replays_the_spool(aiohttp_server, pg_dsn: str,  # type: ignore[no-untyped-def]
@@ -129,44 +137,46 @@ async def test_sigkill_mid_load_then_restart_replays_the_spool(aiohttp_server, p
         key = (await stores.keyring.issue("test", COURSE, "alice")).token
     proxy = TcpProxy.for_dsn(pg_dsn)
     await proxy.open()
-    values = {"redis_url": redis_url, "database_url": proxy.dsn(pg_dsn), "redis_prefix": redis_prefix,
-              "key_secret": KEY_SECRET, "upstream_url": upstream, "upstream_api_key": fake.api_key,
-              "max_inflight_per_student": "64"}
-    rng = random.Random(6)
-    bodies = {str(uuid.uuid4()): _body(2 * i, rng) for i in range(400)}  # even i: all streamed
-    completed: set[str] = set()
-    async with gateway_process(tmp_path, **values) as served:
-        warm = await _send_all(served.url, key, {str(uuid.uuid4()): _body(0, rng)}, concurrency=1)
-        assert set(warm.values()) == {200}  # the worker has the course's policy cached
-        await proxy.close()  # nothing can commit: completed requests live only in the worker's spool
-        half = asyncio.Event()
+    try:
+        values = {"redis_url": redis_url, "database_url": proxy.dsn(pg_dsn), "redis_prefix": redis_prefix,
+                  "key_secret": KEY_SECRET, "upstream_url": upstream, "upstream_api_key": fake.api_key,
+                  "max_inflight_per_student": "64"}
+        rng = random.Random(6)
+        bodies = {str(uuid.uuid4()): _body(2 * i, rng) for i in range(400)}  # even i: all streamed
+        completed: set[str] = set()
+        async with gateway_process(tmp_path, **values) as served:
+            warm = await _send_all(served.url, key, {str(uuid.uuid4()): _body(0, rng)}, concurrency=1)
+            assert set(warm.values()) == {200}  # the worker has the course's policy cached
+            await proxy.close()  # nothing can commit: completed requests live only in the worker's spool
+            half = asyncio.Event()
 
-        async def one(session: aiohttp.ClientSession, session_id: str, body: bytes) -> None:
-            async with session.post(served.url + "/v1/messages", data=body, headers={
-                "x-api-key": key, "content-type": "application/json", "X-Claude-Code-Session-Id": session_id,
-            }) as resp:
-                raw = await resp.read()
-            if resp.status == 200 and b"event: message_stop" in raw:
-                completed.add(session_id)
-                if len(completed) >= 100:
-                    half.set()
+            async def one(session: aiohttp.ClientSession, session_id: str, body: bytes) -> None:
+                async with session.post(served.url + "/v1/messages", data=body, headers={
+                    "x-api-key": key, "content-type": "application/json", "X-Claude-Code-Session-Id": session_id,
+                }) as resp:
+                    raw = await resp.read()
+                if resp.status == 200 and b"event: message_stop" in raw:
+                    completed.add(session_id)
+                    if len(completed) >= 100:
+                        half.set()
 
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=20)) as session:
-            tasks = [asyncio.create_task(one(session, s, b)) for s, b in bodies.items()]
-            await asyncio.wait_for(half.wait(), timeout=120)
-            os.killpg(served.process.pid, signal.SIGKILL)
-            await asyncio.gather(*tasks, return_exceptions=True)  # the rest fail: the worker is gone
-        await served.process.wait()
-    assert 100 <= len(completed) < len(bodies)
-    await proxy.open()
-    async with gateway_process(tmp_path, **values):  # same data dir: adopts and replays the dead worker's spool
-        deadline = asyncio.get_running_loop().time() + 60
-        while True:
-            stored = await _bodies_by_session(pg_dsn)
-            if completed <= set(stored) or asyncio.get_running_loop().time() > deadline:
-                break
-            await asyncio.sleep(0.2)  # polling another process against a deadline
-    missing = completed - set(stored)
-    assert not missing, f"{len(missing)} completed requests were lost"
-    assert all(stored[s] == bodies[s] for s in completed)
-    await proxy.close()
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=20)) as session:
+                tasks = [asyncio.create_task(one(session, s, b)) for s, b in bodies.items()]
+                await asyncio.wait_for(half.wait(), timeout=120)
+                os.killpg(served.process.pid, signal.SIGKILL)
+                await asyncio.gather(*tasks, return_exceptions=True)  # the rest fail: the worker is gone
+            await served.process.wait()
+        assert 100 <= len(completed) < len(bodies)
+        await proxy.open()
+        async with gateway_process(tmp_path, **values):  # same data dir: adopts and replays the dead worker's spool
+            deadline = asyncio.get_running_loop().time() + 60
+            while True:
+                stored = await _bodies_by_session(pg_dsn)
+                if completed <= set(stored) or asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(0.2)  # polling another process against a deadline
+        missing = completed - set(stored)
+        assert not missing, f"{len(missing)} completed requests were lost"
+        assert all(stored[s] == bodies[s] for s in completed)
+    finally:
+        await proxy.shutdown()

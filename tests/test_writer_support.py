@@ -139,6 +139,11 @@ class TcpProxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
 
+    async def shutdown(self) -> None:
+        """``close()`` if it is open (for a test's ``finally``)."""
+        if self._server is not None:
+            await self.close()
+
     async def close(self) -> None:
         """Stop listening and cut every open connection."""
         assert self._server is not None
