@@ -7,8 +7,6 @@ looks a presented token up by that hash. Creating and revoking are audited.
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -16,6 +14,7 @@ import asyncpg
 
 from . import audit
 from .auth import admin_token_sha256
+from .db import transaction
 
 TOKEN_PREFIX = "gwadm_"
 
@@ -63,16 +62,6 @@ class CreatedToken:
     info: AdminToken
 
 
-@asynccontextmanager
-async def _transaction(db: asyncpg.Connection | asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
-    if isinstance(db, asyncpg.Pool):
-        async with db.acquire() as conn, conn.transaction():
-            yield conn
-    else:
-        async with db.transaction():
-            yield db
-
-
 def _token(row: asyncpg.Record) -> AdminToken:
     return AdminToken(row["token_id"], row["course_id"], row["label"], row["created_at"], row["revoked_at"])
 
@@ -88,7 +77,7 @@ async def create(conn: asyncpg.Connection | asyncpg.Pool, actor: str, course: st
         raise AdminTokenError(f"no such course: {course!r}")
     token = new_token()
     token_id = "adm_" + secrets.token_hex(6)
-    async with _transaction(conn) as c:
+    async with transaction(conn) as c:
         row = await c.fetchrow(INSERT, token_id, course, admin_token_sha256(token), label)
         await audit.record(c, actor, "admin_token.create", course=course,
                            details={"token_id": token_id, "label": label, "scope": course or "all"})
@@ -102,7 +91,7 @@ async def listing(conn: asyncpg.Connection | asyncpg.Pool, course: str | None = 
 
 async def revoke(conn: asyncpg.Connection | asyncpg.Pool, actor: str, token_id: str, *,
                  reason: str = "") -> AdminToken:
-    async with _transaction(conn) as c:
+    async with transaction(conn) as c:
         row = await c.fetchrow(REVOKE, token_id)
         if row is None:
             raise AdminTokenError(f"no active admin token {token_id!r}")

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
@@ -28,6 +28,7 @@ import orjson
 import sentry_sdk
 
 from . import audit
+from .db import transaction
 from .leaks import Finding
 
 log = logging.getLogger(__name__)
@@ -153,19 +154,9 @@ async def listing(db: Db, course_id: str | None, *, open_only: bool = False, stu
     return [Incident.from_row(r) for r in rows]
 
 
-@asynccontextmanager
-async def _transaction(db: Db) -> AsyncIterator[asyncpg.Connection]:
-    if isinstance(db, asyncpg.Pool):
-        async with db.acquire() as conn, conn.transaction():
-            yield conn
-    else:
-        async with db.transaction():
-            yield db
-
-
 async def resolve_student(db: Db, course_id: str, student_id: str, *, actor: str, note: str = "") -> list[Incident]:
     """Resolve every open incident of one student (``gateway keys reinstate``), audited in the same transaction."""
-    async with _transaction(db) as conn:
+    async with transaction(db) as conn:
         rows = await conn.fetch(RESOLVE_STUDENT, course_id, student_id, actor, note)
         resolved = [Incident.from_row(r) for r in rows]
         if resolved:
@@ -176,7 +167,7 @@ async def resolve_student(db: Db, course_id: str, student_id: str, *, actor: str
 
 async def resolve(db: Db, incident_id: int, *, actor: str, note: str = "") -> Incident | None:
     """Resolve one open incident (None when there is no such open incident), audited."""
-    async with _transaction(db) as conn:
+    async with transaction(db) as conn:
         row = await conn.fetchrow(RESOLVE_ONE, incident_id, actor, note)
         if row is None:
             return None

@@ -164,8 +164,8 @@ def to_dict(row: asyncpg.Record, body: bytes | None) -> dict[str, Any]:
     return out
 
 
-async def request_body(conn: Conn, request_id: str) -> bytes | None:
-    """The exact bytes the client sent for ``request_id`` (None if there is no such transcript)."""
+async def _found(conn: Conn, request_id: str) -> tuple[asyncpg.Record, bytes] | None:
+    """The transcript row of ``request_id`` and its reassembled request body (None if there is no such row)."""
     async with _connection(conn) as connection:
         started_at = await connection.fetchval(FIND, request_id)
         if started_at is None:
@@ -174,20 +174,19 @@ async def request_body(conn: Conn, request_id: str) -> bytes | None:
         if row is None:
             return None
         blobs = await BlobCache().fetch(connection, contentstore.unpack_hashes(row["request_parts"]))
-        return reassemble(row, blobs)
+        return row, reassemble(row, blobs)
+
+
+async def request_body(conn: Conn, request_id: str) -> bytes | None:
+    """The exact bytes the client sent for ``request_id`` (None if there is no such transcript)."""
+    found = await _found(conn, request_id)
+    return None if found is None else found[1]
 
 
 async def show(conn: Conn, request_id: str) -> dict[str, Any] | None:
     """Everything about one request, the exact request and response included; None if unknown."""
-    async with _connection(conn) as connection:
-        started_at = await connection.fetchval(FIND, request_id)
-        if started_at is None:
-            return None
-        row = await connection.fetchrow(SHOW, request_id, started_at)
-        if row is None:
-            return None
-        blobs = await BlobCache().fetch(connection, contentstore.unpack_hashes(row["request_parts"]))
-        return to_dict(row, reassemble(row, blobs))
+    found = await _found(conn, request_id)
+    return None if found is None else to_dict(*found)
 
 
 async def export(

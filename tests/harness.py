@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
@@ -40,6 +44,28 @@ class Harness:
     async def flush(self) -> None:
         """Wait until every transcript submitted so far is committed to Postgres."""
         await self.app[appkeys.WRITER].wait_idle(timeout=15)
+
+    async def cli(self, *args: str) -> tuple[int, str, str]:
+        """``python -m gateway ARGS`` against this gateway's stores: (exit status, stdout, stderr)."""
+        env = {**os.environ, "GATEWAY_REDIS_URL": self.settings.redis_url or "",
+               "GATEWAY_DATABASE_URL": self.settings.database_url or "",
+               "GATEWAY_REDIS_PREFIX": self.settings.redis_prefix,
+               "GATEWAY_KEY_SECRET": KEY_SECRET, "GATEWAY_DATA_DIR": str(self.settings.data_dir),
+               "GATEWAY_COURSE": self.course}
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", *args, env=env,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate()
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+    async def status_of(self, key: str, payload: dict[str, Any] | None = None) -> int:
+        """The status a small /v1/messages request with ``key`` gets."""
+        body = payload or {"model": "claude-opus-5-5", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}
+        async with aiohttp.ClientSession() as session, session.post(
+            self.url + "/v1/messages", json=body, headers={"authorization": f"Bearer {key}"}
+        ) as resp:
+            await resp.read()
+            return resp.status
 
     async def issue_key(self, student: str, course: str | None = None) -> str:
         issued = await self.stores.keyring.issue("test", course or self.course, student)

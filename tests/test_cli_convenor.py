@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
-import os
 import stat
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -16,7 +13,7 @@ import pytest
 
 from gateway import appkeys, courses
 from gateway.cli import UsageError, build_parser
-from tests.harness import KEY_SECRET, Harness
+from tests.harness import Harness
 
 ROSTER = "student_id,email,name,group\ns1,s1@uni.edu,Sam,T1\ns2,s2@uni.edu,Sue,T2\ns3,s3@uni.edu,Sid,T1\n"
 
@@ -165,28 +162,17 @@ async def test_admin_token_create_list_revoke(gateway: Harness, capsys: pytest.C
         ("admin_token.create", None), ("admin_token.revoke", None)]
 
 
-async def _cli(h: Harness, *args: str) -> tuple[int, str, str]:
-    env = {**os.environ, "GATEWAY_REDIS_URL": h.settings.redis_url or "", "GATEWAY_DATABASE_URL":
-           h.settings.database_url or "", "GATEWAY_REDIS_PREFIX": h.settings.redis_prefix,
-           "GATEWAY_KEY_SECRET": KEY_SECRET, "GATEWAY_DATA_DIR": str(h.settings.data_dir), "GATEWAY_COURSE": h.course}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", *args, env=env,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 async def test_cli_process_exit_status_and_progress(gateway: Harness, tmp_path: Path) -> None:
     h = gateway
     source = tmp_path / "roster.csv"
     source.write_text(ROSTER + "alice\nbad id,x@y.zz,,\n")
-    code, out, err = await _cli(h, "sync", "--source", str(source), "--strict")
+    code, out, err = await h.cli("sync", "--source", str(source), "--strict")
     assert code == 2 and "line 6: bad student id" in err and err.strip().endswith("nothing applied (--strict)")
     keys_out = tmp_path / "keys.csv"
-    code, out, err = await _cli(h, "sync", "--source", str(source), "--keys-out", str(keys_out), "--progress")
+    code, out, err = await h.cli("sync", "--source", str(source), "--keys-out", str(keys_out), "--progress")
     assert code == 0, err
     assert "provisioned 3" in out and "eyJ" not in out + err
     assert "signing keys: [" in err and "3/3" in err
     assert stat.S_IMODE(keys_out.stat().st_mode) == 0o600
-    code, out, err = await _cli(h, "usage", "--since", "not-a-date")
+    code, out, err = await h.cli("usage", "--since", "not-a-date")
     assert code == 2 and "not a date" in err and err.count("\n") == 1

@@ -8,14 +8,12 @@ import io
 import stat
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from gateway import courses, enrolment
 from gateway.enrolment import EnrolmentError, KeysFile, parse_roster
 from tests.harness import Harness
 
-MESSAGE = {"model": "claude-opus-5-5", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}
 COURSE = "comp2000"
 
 
@@ -92,14 +90,6 @@ def _students(n: int) -> list[tuple[str, str, str, str]]:
     return [(f"z{i:07d}", f"z{i:07d}@student.uni.edu", f"Student {i}", f"T{i % 12:02d}") for i in range(n)]
 
 
-async def _status(h: Harness, key: str) -> int:
-    async with aiohttp.ClientSession() as session, session.post(
-        h.url + "/v1/messages", json=MESSAGE, headers={"authorization": f"Bearer {key}"}
-    ) as resp:
-        await resp.read()
-        return resp.status
-
-
 async def _audit_counts(h: Harness, course: str) -> dict[tuple[str, str | None], int]:
     rows = await h.stores.pool.fetch(
         "SELECT action, student_id, count(*) AS n FROM audit_log WHERE course_id = $1 GROUP BY 1, 2", course)
@@ -157,13 +147,13 @@ async def test_thousand_students_five_bad_rows_then_noop_then_ten_dropped(gatewa
     assert len(dropped) == 10
     kept_one = everyone[1][0]
     for sid in [*sorted(dropped)[:3], kept_one]:
-        assert await _status(h, keys[sid]) == 200
+        assert await h.status_of(keys[sid]) == 200
     third = await _sync(h, _csv([r for r in everyone if r[0] not in dropped]))
     assert set(third.revoked) == dropped and all(len(j) == 1 for j in third.revoked.values())
     assert not third.issued and third.plan.unchanged == 985
     for sid in sorted(dropped):
-        assert await _status(h, keys[sid]) == 403
-    assert await _status(h, keys[kept_one]) == 200
+        assert await h.status_of(keys[sid]) == 403
+    assert await h.status_of(keys[kept_one]) == 200
     revoked = await pool.fetch("SELECT student_id FROM api_keys WHERE course_id = $1 AND status = 'revoked'", COURSE)
     assert {r["student_id"] for r in revoked} == dropped
     audit_after = await _audit_counts(h, COURSE)
@@ -194,7 +184,7 @@ async def test_updates_reenrolment_and_absent_columns(gateway: Harness, tmp_path
         "SELECT student_id, email, grp, enrolled FROM students WHERE course_id = $1", COURSE)}
     assert rows == {"a1": ("a1@uni.edu", "T1", True), "b2": ("bob@uni.edu", "T2", True)}
     new_key = _read_keys(tmp_path / "k2.csv")["a1"]
-    assert await _status(h, new_key) == 200
+    assert await h.status_of(new_key) == 200
     statuses = await h.stores.pool.fetch(
         "SELECT status FROM api_keys WHERE course_id = $1 AND student_id = 'a1' ORDER BY issued_at, status", COURSE)
     assert sorted(r["status"] for r in statuses) == ["active", "revoked"]
