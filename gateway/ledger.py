@@ -214,7 +214,8 @@ class Ledger:
         outcome, reason, state = await self._bucket_script(
             self._scripts.reserve,
             policy,
-            [ks.bucket(course, student), ks.inflight(course, student), ks.key_status(course, student, jti)],
+            [ks.bucket(course, student), ks.inflight(course, student), ks.key_status(course, student, jti),
+             ks.settled(course, student)],
             request_id,
             estimate,
             max_inflight or policy.max_inflight or self._default_max_inflight or 0,

@@ -72,3 +72,16 @@ async def test_reconcile_counts_rows_written_after_the_debit(pg_dsn: str, redis_
         assert reconciled.used == 40 and not reconciled.fresh
     finally:
         await pool.close()
+
+
+async def test_a_reserve_that_runs_after_its_settle_holds_no_slot(redis_client: aioredis.Redis,
+                                                                  redis_prefix: str) -> None:
+    """A reserve that timed out on the client is settled with 0; if a stalled Redis runs it only afterwards, it
+    must not take an in-flight slot."""
+    policy = Policy(course=COURSE, limit=100_000, period_seconds=7 * 86_400)
+    ledger = Ledger(redis_client, Keyspace(redis_prefix))
+    await ledger.set_key_status(COURSE, "cy", "k", "active")
+    await ledger.settle(policy, COURSE, "cy", "req-late", 0)
+    reservation = await ledger.reserve(policy, COURSE, "cy", "k", "req-late", 1000)
+    assert reservation.outcome == "admitted"
+    assert (reservation.state.inflight, reservation.state.reserved) == (0, 0)
