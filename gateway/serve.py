@@ -46,7 +46,6 @@ from .sentry import init_sentry
 from .settings import Settings
 
 log = logging.getLogger(__name__)
-GC_GEN0_THRESHOLD = 20_000
 
 CLEAN_EXITS = (0, -signal.SIGTERM)  # -SIGTERM: stopped before it had installed its handlers (nothing in flight)
 
@@ -71,12 +70,11 @@ def prepare(settings: Settings) -> tuple[Settings, Endpoints]:
 
 
 async def _tune_gc(app: web.Application) -> None:
-    """Once the app is up: move everything allocated so far (modules, rules, prices) out of the collector's
-    sight, and collect the young generation less often. A request allocates thousands of short-lived objects
-    (parsed bodies, SSE events); the default threshold of 700 ran a collection every few requests."""
+    """Once the app is up, move everything allocated so far (modules, rules, prices) out of the collector's sight:
+    full collections stop re-scanning it. The thresholds stay at their defaults: raising them let cyclic garbage
+    from requests pile up (RSS tripled in bench/run.py scale)."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
 
 
 def run_worker(settings: Settings, worker: int = 0, metrics_dir: Path | None = None,
