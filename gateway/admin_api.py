@@ -34,6 +34,7 @@ from aiohttp import web
 from . import admin_tokens, appkeys, audit_query, courses, grants, incidents
 from .amounts import parse_amount
 from .auth import AdminPrincipal, admin_principal
+from .bodies import json_object
 from .errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied
 from .keyring import Keyring, KeyringError
 from .quota_api import course_entries
@@ -87,15 +88,7 @@ def _limit(request: web.Request, default: int = 100) -> int:
 
 async def _body(request: web.Request) -> dict[str, Any]:
     raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("The request body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    return body
+    return json_object(raw) if raw.strip() else {}
 
 
 def _text(body: dict[str, Any], name: str, *, max_len: int = 500) -> str:

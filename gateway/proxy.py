@@ -21,11 +21,10 @@ from aiohttp import web
 
 from . import appkeys
 from .auth import student_claims
+from .bodies import json_object, read_body
 from .errors import (
     REQUEST_ID_KEY,
     GatewayError,
-    InvalidRequest,
-    RequestTooLarge,
     UpstreamUnreachable,
     sse_error_event,
 )
@@ -75,23 +74,6 @@ class Exchange:
     inference_geo: str | None = None  # where inference ran, from the response's usage
     state: BucketState | None = None
     recorded: bool = False
-
-
-def _parse_object(body: bytes) -> dict[str, Any]:
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("The request body is not valid JSON.") from None
-    if not isinstance(payload, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    return payload
-
-
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        raise RequestTooLarge(f"Request body is {declared} bytes; the limit is {limit} bytes.")
-    return await request.read()
 
 
 def is_quota_probe(payload: dict[str, Any]) -> bool:
@@ -202,8 +184,8 @@ class Proxy:
         try:
             settings = self.app[appkeys.SETTINGS]
             exchange.claims = claims = student_claims(request, self.app[appkeys.CODEC])
-            exchange.body = await _read_body(request, settings.max_body_bytes)
-            exchange.payload = payload = _parse_object(exchange.body)
+            exchange.body = await read_body(request, settings.max_body_bytes)
+            exchange.payload = payload = json_object(exchange.body)
             model = payload.get("model")
             exchange.model = model if isinstance(model, str) else None
             exchange.stream = bool(payload.get("stream"))
@@ -335,9 +317,9 @@ class Proxy:
         """count_tokens and models: key status checked, never debited, not transcribed."""
         claims = student_claims(request, self.app[appkeys.CODEC])
         await self.app[appkeys.GATE].check_key(claims)
-        body = await _read_body(request, self.app[appkeys.SETTINGS].max_body_bytes)
+        body = await read_body(request, self.app[appkeys.SETTINGS].max_body_bytes)
         if request.method == "POST":
-            _parse_object(body)
+            json_object(body)
         headers = request_headers(request.headers, self.app[appkeys.UPSTREAM_KEY])
         try:
             async with self.app[appkeys.UPSTREAM].request(
