@@ -28,6 +28,7 @@ import uuid
 from pathlib import Path
 
 import asyncpg
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -41,7 +42,9 @@ CONFIG = SessionConfig(turns=12, tools_bytes=2000, system_bytes=600, first_user_
                        result_bytes=(80, 400), reply_bytes=(40, 200), thinking=False)
 
 
-def make_records(count: int) -> list[TranscriptRecord]:
+def make_records(count: int, *, with_payload: bool = True) -> list[TranscriptRecord]:
+    """``with_payload``: each record carries the body already parsed, as the proxy hands it to the writer (False:
+    the writer parses each body itself, as for records replayed from the spool)."""
     records: list[TranscriptRecord] = []
     now = time.time()
     session = 0
@@ -56,6 +59,7 @@ def make_records(count: int) -> list[TranscriptRecord]:
                 session_id=headers["x-claude-code-session-id"], user_agent=headers["user-agent"],
                 path="/v1/messages?beta=true", model=CONFIG.model, stream=True, status=200,
                 request_headers=headers, request_body=turn.body,
+                request_payload=orjson.loads(turn.body) if with_payload else None,
                 response_headers={"content-type": "text/event-stream", "request-id": f"req_011C{i:020d}"},
                 response_body=turn.sse, response_message=turn.message,
                 usage={"input_tokens": 12, "cache_write_5m": 900, "cache_write_1h": 0, "cache_read": 4000,
@@ -86,8 +90,9 @@ WHERE datname = current_database() OR backend_type IN ('walwriter', 'checkpointe
 """
 
 
-async def run(dsn: str, count: int, batch_size: int, concurrency: int) -> None:
-    records = make_records(count)
+async def run(dsn: str, count: int, batch_size: int, concurrency: int, *, with_payload: bool = True) -> None:
+    records = make_records(count, with_payload=with_payload)
+    print("records carry the proxy's parse of the body" if with_payload else "the writer parses every body itself")
     gc.freeze()  # the test data is not the writer's: keep the collector from rescanning it
     sizes = [sum(len(p) for p in encode(r)) for r in records]
     bodies = [len(r.request_body) + len(r.response_body or b"") for r in records]
@@ -149,8 +154,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--no-payload", action="store_true",
+                        help="records without the proxy's parse (as replayed from the spool)")
     args = parser.parse_args()
-    asyncio.run(run(args.dsn, args.records, args.batch_size, args.concurrency))
+    asyncio.run(run(args.dsn, args.records, args.batch_size, args.concurrency, with_payload=not args.no_payload))
 
 
 if __name__ == "__main__":
