@@ -13,8 +13,8 @@ from datetime import datetime
 import asyncpg
 
 from . import audit
-from .auth import admin_token_sha256
 from .db import transaction
+from .keys import token_sha256
 
 TOKEN_PREFIX = "gwadm_"
 
@@ -78,7 +78,7 @@ async def create(conn: asyncpg.Connection | asyncpg.Pool, actor: str, course: st
     token = new_token()
     token_id = "adm_" + secrets.token_hex(6)
     async with transaction(conn) as c:
-        row = await c.fetchrow(INSERT, token_id, course, admin_token_sha256(token), label)
+        row = await c.fetchrow(INSERT, token_id, course, token_sha256(token), label)
         await audit.record(c, actor, "admin_token.create", course=course,
                            details={"token_id": token_id, "label": label, "scope": course or "all"})
     return CreatedToken(token, _token(row))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from dataclasses import dataclass
 
@@ -10,7 +9,7 @@ import asyncpg
 from aiohttp import web
 
 from .errors import AuthenticationFailed, NotFound
-from .keys import InvalidKey, KeyCodec, VirtualKeyClaims
+from .keys import InvalidKey, KeyCodec, VirtualKeyClaims, token_sha256
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +55,6 @@ def student_claims(request: web.Request, codec: KeyCodec) -> VirtualKeyClaims:
         raise AuthenticationFailed(f"Invalid gateway key: {exc}.") from None
 
 
-def admin_token_sha256(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
-
-
 def is_bootstrap_admin(token: str, bootstrap: str | None) -> bool:
     return bootstrap is not None and hmac.compare_digest(token.encode(), bootstrap.encode())
 
@@ -82,7 +77,7 @@ async def admin_principal(request: web.Request, pool: asyncpg.Pool, bootstrap: s
         raise NotFound("The admin API is off on this gateway (set GATEWAY_ADMIN_TOKEN to turn it on).")
     if is_bootstrap_admin(token, bootstrap):
         return AdminPrincipal("bootstrap", None)
-    row = await pool.fetchrow(SELECT_ADMIN_TOKEN, admin_token_sha256(token))
+    row = await pool.fetchrow(SELECT_ADMIN_TOKEN, token_sha256(token))
     if row is None:
         return None
     return AdminPrincipal(row["token_id"], row["course_id"])

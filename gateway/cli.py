@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from .amounts import parse_amount
 from .courses import CourseError, PolicyChange
 from .keyring import KeyringError
-from .periods_parse import parse_period
+from .periods import parse_period
 from .settings import Settings
 from .stores import Stores, open_stores
 

@@ -13,6 +13,7 @@ import pytest
 
 from gateway.fakeupstream import Scripted, sse_frame, text_stream, tool_use_stream, usage
 from tests.harness import Harness
+from tests.test_writer_support import wait_until
 
 TOOLS = [{"name": "read_file", "description": "Read a file", "input_schema": {
     "type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}}]
@@ -232,20 +233,12 @@ async def test_client_disconnect_closes_upstream_and_records_usage(gateway: Harn
         resp.close()  # the student hits Ctrl-C mid-stream
     seen = h.fake.seen[-1]
     # The upstream is held mid-stream; it only notices a disconnect if the gateway closes its connection.
-    await _until(lambda: seen.disconnected)
+    await wait_until(lambda: seen.disconnected)
     assert not seen.finished
     release.set()
     row = await _usage_row(h, "alice")
     assert row["input_tokens"] == 1234 and row["cache_read"] == 5000
     assert row["estimated"] is True and row["output_tokens"] >= 100  # ~4 chars a token of what was streamed
-
-
-async def _until(predicate: object, deadline_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + deadline_s
-    while not predicate():  # type: ignore[operator]
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        await asyncio.sleep(0.01)
 
 
 async def _usage_row(h: Harness, student: str) -> dict[str, object]:
