@@ -54,6 +54,8 @@ class Exchange:
     method: str
     path: str
     request_headers: dict[str, str]
+    session_id: str = ""  # X-Claude-Code-Session-Id: groups transcripts into sessions
+    user_agent: str = ""
     claims: VirtualKeyClaims | None = None
     body: bytes = b""
     payload: dict[str, Any] | None = None
@@ -109,6 +111,8 @@ class Proxy:
         return Exchange(
             request_id=request[REQUEST_ID_KEY], started_at=time.time(), method=request.method,
             path=request.path_qs, request_headers=safe_headers(request.headers.items()),
+            session_id=request.headers.get("x-claude-code-session-id", ""),
+            user_agent=request.headers.get("user-agent", ""),
         )
 
     def _upstream_url(self, request: web.Request) -> str:
@@ -136,10 +140,7 @@ class Proxy:
             request_id=exchange.request_id, upstream_request_id=exchange.upstream_request_id or "",
             started_at=exchange.started_at, first_byte_at=exchange.first_byte_at, ended_at=time.time(),
             course=exchange.claims.course, student=exchange.claims.student, jti=exchange.claims.jti,
-            session_id=exchange.request_headers.get("X-Claude-Code-Session-Id")
-            or exchange.request_headers.get("x-claude-code-session-id", ""),
-            user_agent=exchange.request_headers.get("User-Agent")
-            or exchange.request_headers.get("user-agent", ""),
+            session_id=exchange.session_id, user_agent=exchange.user_agent,
             method=exchange.method, path=exchange.path, model=exchange.model or "", stream=exchange.stream,
             status=exchange.status, error=exchange.error, request_headers=exchange.request_headers,
             request_body=exchange.body, request_payload=exchange.payload,
