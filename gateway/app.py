@@ -26,18 +26,17 @@ from .incidents import Alerter
 from .invalidation import InvalidationListener
 from .keyring import Keyring
 from .keys import KeyCodec, load_or_create_secret
-from .keyspace import Keyspace
 from .keystatus import KeyStatusStore
 from .leakguard import LeakGuard
 from .leaks import Scanner
-from .ledger import Ledger
+from .ledger import ledger_for
 from .metrics import Metrics, Readings
 from .migrate import migrate
 from .policy_cache import PolicyCache
 from .pricing import PriceTable
 from .proxy import Proxy
 from .quota_api import QuotaApi
-from .redis_client import REDIS_DOWN, create_redis, create_subscriber, ledger_concurrency
+from .redis_client import REDIS_DOWN, create_redis, create_subscriber
 from .settings import Settings
 from .upstream import create_session
 from .writer import TranscriptWriter
@@ -72,7 +71,7 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
         except REDIS_DOWN as exc:
             log.warning("Redis Cluster not reachable at start-up (%s); the gate will keep trying", exc)
     app[appkeys.REDIS] = client
-    app[appkeys.LEDGER] = Ledger(client, Keyspace(settings.redis_prefix), max_concurrency=ledger_concurrency(settings))
+    app[appkeys.LEDGER] = ledger_for(client, settings)
     yield
     await client.aclose()
 

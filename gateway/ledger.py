@@ -33,7 +33,9 @@ from typing import Any, Literal, NamedTuple, TypeAlias, cast, get_args
 from .keyspace import Keyspace
 from .periods import BoundaryCache
 from .policy import Policy
+from .redis_client import ledger_concurrency
 from .scripts import AnyRedis, ScriptCall, Scripts
+from .settings import Settings
 
 Outcome: TypeAlias = Literal["admitted", "quota", "inflight", "suspended", "revoked", "key_unknown"]
 OUTCOMES: frozenset[str] = frozenset(get_args(Outcome))
@@ -314,3 +316,8 @@ async def fresh_contents(ledger: Ledger, course: str, student: str) -> FreshCont
     settled = await redis.zrangebyscore(ks.settled(course, student), since, "+inf")
     grants = await redis.zrangebyscore(ks.grants(course, student), since, "+inf")
     return FreshContents(since, frozenset(map(_text, settled)), frozenset(map(_text, grants)))
+
+
+def ledger_for(redis: AnyRedis, settings: Settings) -> Ledger:
+    """The ledger the gateway and the CLI use, configured from the settings."""
+    return Ledger(redis, Keyspace(settings.redis_prefix), max_concurrency=ledger_concurrency(settings))

@@ -13,8 +13,7 @@ from .db import create_pool
 from .embedded import resolve
 from .keyring import Keyring
 from .keys import KeyCodec, load_or_create_secret
-from .keyspace import Keyspace
-from .ledger import Ledger
+from .ledger import Ledger, ledger_for
 from .migrate import migrate
 from .redis_client import AnyRedis, create_redis
 from .settings import Settings
@@ -45,7 +44,7 @@ async def open_stores(settings: Settings, *, auto_migrate: bool = True) -> Async
         if auto_migrate:
             async with pool.acquire() as conn:
                 await migrate(conn)
-        ledger = Ledger(redis, Keyspace(settings.redis_prefix))
+        ledger = ledger_for(redis, settings)
         codec = codec_for(settings)
         yield Stores(settings, pool, redis, ledger, codec, Keyring(pool, ledger, codec))
     finally:
