@@ -181,6 +181,8 @@ async def overhead(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     concurrencies = args.concurrency or ([1, 10] if args.quick else [1, 10, 50])
     for stream in (True, False):
         for size in (KB50, KB300):
+            if args.shapes and f"{'stream' if stream else 'json'}{size // 1000}" not in args.shapes:
+                continue
             bodies = make_bodies(size, stream=stream)
             for concurrency in concurrencies:
                 tallies = {t.name: Tally(LoadResult(t.name, concurrency)) for t in targets}
@@ -458,6 +460,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="scale: which parts to run (default slow_streams,rss,workers)")
     parser.add_argument("--gateway-env", action="append", default=[], metavar="GATEWAY_X=VALUE",
                         help="extra setting for the gateway process (repeatable), e.g. GATEWAY_REDIS_TIMEOUT_S=2")
+    parser.add_argument("--shapes", type=lambda text: text.split(","), default=None,
+                        help="overhead: only these of stream50,stream300,json50,json300 (default: all four)")
     parser.add_argument("--profile-kb", type=int, default=50, help="profile: request body size (50 or 300)")
     parser.add_argument("--students", type=int, default=4, help="student keys to issue and rotate over")
     parser.add_argument("--compare-bare", nargs="?", const="asyncio", choices=["asyncio", "uvloop"],

@@ -11,10 +11,11 @@ Path of a record::
     writer task                  batches of batch_size records or flush_interval_s, whichever first
       -> prepare                 split request bodies into content-addressed parts (contentstore.py)
       -> one transaction         new blobs: INSERT ... ON CONFLICT DO NOTHING (after skipping those known
-                                 to be stored); request ids: INSERT INTO transcript_ids ... ON CONFLICT DO
-                                 NOTHING RETURNING (the claim); then binary COPY of the claimed records
-                                 straight into transcripts (routed to the month's partition) and
-                                 usage_events
+                                 to be stored); then binary COPY of the ids (transcript_ids), usage_events
+                                 and transcripts (routed to the month's partition) in a savepoint; if an
+                                 id was stored before (a replay), the savepoint is rolled back and the ids
+                                 are claimed instead (INSERT ... ON CONFLICT DO NOTHING RETURNING) and only
+                                 the claimed records are copied
       -> spool.mark_done()       a segment file is deleted once all its records have committed
 
 Postgres errors that are about the connection or the server (anything but bad data) are retried with
@@ -62,6 +63,7 @@ TRANSCRIPT_COLUMNS = (
     "response_message", "usage", "weighted", "cost_usd", "estimated", "refused", "refused_reason", "period_start",
     "carried",
 )
+ID_COLUMNS = ("request_id", "started_at")
 USAGE_COLUMNS = (
     "request_id", "at", "course_id", "student_id", "jti", "session_id", "model", "status", "input_tokens",
     "cache_write_5m", "cache_write_1h", "cache_read", "output_tokens", "web_searches", "weighted", "cost_usd",
@@ -73,8 +75,10 @@ INSERT INTO transcript_blobs (hash, kind, size, content)
 SELECT * FROM unnest($1::bytea[], $2::text[], $3::integer[], $4::bytea[]) ORDER BY 1
 ON CONFLICT (hash) DO NOTHING
 """
-# Idempotency: claim the batch's request ids; only the records whose id was claimed just now are copied into
-# transcripts and usage_events (in the same transaction). A replayed record finds its id taken and adds nothing.
+# Idempotency. Fast path: binary COPY of the batch's ids into transcript_ids (primary key request_id), then of
+# its rows, in a savepoint. A record written before makes the COPY fail with a unique violation; the savepoint
+# is rolled back and the batch takes the slow path: claim the ids ON CONFLICT DO NOTHING, copy only the records
+# whose id was claimed just now (same transaction). A replayed record finds its id taken and adds nothing.
 CLAIM_IDS = """
 INSERT INTO transcript_ids (request_id, started_at)
 SELECT * FROM unnest($1::text[], $2::timestamptz[]) ORDER BY 1
@@ -121,6 +125,18 @@ class _Prepared:
     blobs: dict[bytes, contentstore.Part] = field(default_factory=dict)
     months: set[tuple[int, int]] = field(default_factory=set)
     rejected: list[tuple[_Item, BaseException]] = field(default_factory=list)
+
+
+async def _copy(conn: asyncpg.Connection, ids: list[str], started: list[datetime], transcripts: list[tuple[Any, ...]],
+                usage: list[tuple[Any, ...]]) -> None:
+    """Binary COPY of a batch whose ids are new. An id stored before raises UniqueViolationError (the primary
+    keys of transcript_ids and usage_events). Rows go in request-id order, so that two batches sharing ids
+    wait on each other instead of deadlocking."""
+    order = sorted(range(len(ids)), key=ids.__getitem__)
+    copy = conn.copy_records_to_table
+    await copy("transcript_ids", columns=ID_COLUMNS, records=[(ids[i], started[i]) for i in order])
+    await copy("usage_events", columns=USAGE_COLUMNS, records=[usage[i] for i in order])
+    await copy("transcripts", columns=TRANSCRIPT_COLUMNS, records=[transcripts[i] for i in order])
 
 
 def _month(epoch: float) -> tuple[int, int]:
@@ -271,6 +287,7 @@ class TranscriptWriter:
         self.spill_episodes = 0
         self.spool_errors = 0  # spool writes that failed (the record then waits in memory only)
         self.replayed_records = 0
+        self.replay_conflicts = 0  # batches that held ids written before (the slow, claiming path)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -548,16 +565,23 @@ class TranscriptWriter:
                 if new:
                     await conn.execute(INSERT_BLOBS, [p.hash for p in new], [p.kind for p in new],
                                        [len(p.content) for p in new], [p.content for p in new])
-                claimed = {row[0] for row in await conn.fetch(CLAIM_IDS, prepared.ids, prepared.started)}
-                if len(claimed) == len(prepared.ids):
-                    transcripts, usage = prepared.transcripts, prepared.usage
-                else:  # some were written before (a replay): copy only the rest
-                    transcripts = [row for row in prepared.transcripts if row[0] in claimed]
-                    usage = [row for row in prepared.usage if row[0] in claimed]
-                if transcripts:
-                    await conn.copy_records_to_table("transcripts", columns=TRANSCRIPT_COLUMNS, records=transcripts)
-                    await conn.copy_records_to_table("usage_events", columns=USAGE_COLUMNS, records=usage)
+                try:
+                    async with conn.transaction():  # a savepoint: the fast path, when no id was written before
+                        await _copy(conn, prepared.ids, prepared.started, prepared.transcripts, prepared.usage)
+                except asyncpg.UniqueViolationError:
+                    await self._store_claimed(conn, prepared)
             self._remember(part.hash for part in new)
+
+    async def _store_claimed(self, conn: asyncpg.Connection, prepared: _Prepared) -> None:
+        """The batch holds records written before (a replay after a crash, or one record in two batches): claim
+        the ids ON CONFLICT DO NOTHING, then copy only the records whose id was claimed just now."""
+        self.replay_conflicts += 1
+        claimed = {row[0] for row in await conn.fetch(CLAIM_IDS, prepared.ids, prepared.started)}
+        transcripts = [row for row in prepared.transcripts if row[0] in claimed]
+        usage = [row for row in prepared.usage if row[0] in claimed]
+        if transcripts:
+            await conn.copy_records_to_table("transcripts", columns=TRANSCRIPT_COLUMNS, records=transcripts)
+            await conn.copy_records_to_table("usage_events", columns=USAGE_COLUMNS, records=usage)
 
     def _remember(self, hashes: Iterable[bytes]) -> None:
         """Blobs known to be committed: later batches do not send them again."""
