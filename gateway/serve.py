@@ -27,6 +27,7 @@ import os
 import shutil
 import signal
 import tempfile
+from collections.abc import AsyncIterator, Callable
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
@@ -38,6 +39,7 @@ from prometheus_client.multiprocess import mark_process_dead
 from .app import create_app
 from .db import create_pool
 from .embedded import Endpoints, data_path, resolve
+from .heap import HeapTrimmer, find_malloc_trim
 from .keys import load_or_create_secret
 from .logs import configure_logging
 from .metrics import MULTIPROC_ENV
@@ -77,6 +79,20 @@ async def _tune_gc(app: web.Application) -> None:
     gc.freeze()
 
 
+def _heap_trimming(interval_s: float) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def trimming(app: web.Application) -> AsyncIterator[None]:
+        trim = find_malloc_trim()
+        if interval_s <= 0 or trim is None:
+            yield
+            return
+        trimmer = HeapTrimmer(interval_s, trim)
+        trimmer.start()
+        yield
+        await trimmer.stop()
+
+    return trimming
+
+
 def run_worker(settings: Settings, worker: int = 0, metrics_dir: Path | None = None,
                started: EventType | None = None) -> None:
     configure_logging(settings.log_level, worker=worker)
@@ -88,6 +104,7 @@ def run_worker(settings: Settings, worker: int = 0, metrics_dir: Path | None = N
 
         app.on_startup.append(report_started)
     app.on_startup.append(_tune_gc)
+    app.cleanup_ctx.append(_heap_trimming(settings.heap_trim_interval_s))
     web.run_app(app, host=settings.host, port=settings.port, reuse_port=settings.workers > 1,
                 shutdown_timeout=settings.shutdown_grace_s, print=None, access_log=None,
                 handle_signals=True)

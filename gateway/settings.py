@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     answer_quota_probe: bool = True
     shutdown_grace_s: float = 30.0
     log_level: str = "INFO"
+    heap_trim_interval_s: float = 2.0  # workers hand freed heap back to the OS this often (0: never); heap.py
     contact: str = "your course convenor"
 
     @property
