@@ -38,6 +38,7 @@ from gateway.migrate import migrate
 from gateway.transcript import TranscriptRecord, encode
 from gateway.writer import TranscriptWriter
 
+TARGET = 20_000  # transcripts/s (issue 4)
 CONFIG = SessionConfig(turns=12, tools_bytes=2000, system_bytes=600, first_user_bytes=600,
                        result_bytes=(80, 400), reply_bytes=(40, 200), thinking=False)
 
@@ -90,7 +91,8 @@ WHERE datname = current_database() OR backend_type IN ('walwriter', 'checkpointe
 """
 
 
-async def run(dsn: str, count: int, batch_size: int, concurrency: int, *, with_payload: bool = True) -> None:
+async def run(dsn: str, count: int, batch_size: int, concurrency: int, *, with_payload: bool = True,
+              disk_probe_mb: int = 256) -> None:
     records = make_records(count, with_payload=with_payload)
     print("records carry the proxy's parse of the body" if with_payload else "the writer parses every body itself")
     gc.freeze()  # the test data is not the writer's: keep the collector from rescanning it
@@ -119,6 +121,7 @@ async def run(dsn: str, count: int, batch_size: int, concurrency: int, *, with_p
                 await pool.release(held)
             async with pool.acquire() as conn:
                 pg_pids = {row["pid"] for row in await conn.fetch(PG_PIDS)}
+                wal_before = await conn.fetchval("SELECT pg_current_wal_lsn()")
             pg_cpu = _cpu_seconds(pg_pids)
             own_cpu = time.process_time()
             start = time.perf_counter()
@@ -129,7 +132,12 @@ async def run(dsn: str, count: int, batch_size: int, concurrency: int, *, with_p
             done = time.perf_counter()
             own_cpu = time.process_time() - own_cpu
             pg_cpu = _cpu_seconds(pg_pids) - pg_cpu
+            async with pool.acquire() as conn:
+                wal_bytes = await conn.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1)", wal_before)
             await writer.close()
+            disk_mb_s = None
+            if disk_probe_mb:
+                disk_mb_s = await asyncio.to_thread(_durable_write_mb_s, Path(spool), disk_probe_mb)
         async with pool.acquire() as conn:
             rows = await conn.fetchval("SELECT count(*) FROM transcripts")
         await pool.close()
@@ -146,6 +154,32 @@ async def run(dsn: str, count: int, batch_size: int, concurrency: int, *, with_p
     print(f"CPU per record: writer process {own_us:.0f} us (submit, split, COPY), Postgres {pg_us:.0f} us")
     print(f"=> one writer process can carry {1e6 / own_us:,.0f} transcripts/s when it has a core to itself and "
           f"Postgres has {max(1, round(pg_us / own_us))} more")
+    spool_kb = statistics.mean(sizes) / 1000
+    wal_kb = float(wal_bytes) / count / 1000
+    print(f"durable bytes per record: spool {spool_kb:.1f} KB + Postgres WAL {wal_kb:.1f} KB (the server's whole WAL "
+          f"over the run: run it alone)")
+    for rate in (count / (done - start), TARGET):
+        print(f"at {rate:,.0f} transcripts/s: {rate * (spool_kb + wal_kb) / 1000:,.0f} MB/s of durable writes and "
+              f"{rate * (own_us + pg_us) / 1e6:.1f} cores of CPU (writer + Postgres)")
+    if disk_mb_s is not None:
+        print(f"this disk: {disk_mb_s:,.0f} MB/s of sequential writes with fdatasync ({disk_probe_mb} MB probe in "
+              "the spool's file system)")
+
+
+def _durable_write_mb_s(directory: Path, megabytes: int) -> float:
+    """Sequential 1 MiB writes, then fdatasync: what the disk under ``directory`` takes per second."""
+    path = directory / "disk-probe"
+    block = os.urandom(1 << 20)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        started = time.perf_counter()
+        for _ in range(megabytes):
+            os.write(fd, block)
+        os.fdatasync(fd)
+        return megabytes * (1 << 20) / 1e6 / (time.perf_counter() - started)
+    finally:
+        os.close(fd)
+        path.unlink()
 
 
 def main() -> None:
@@ -154,10 +188,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--disk-probe-mb", type=int, default=256,
+                        help="also time this many MB of fdatasync'd writes in the spool's file system (0: skip)")
     parser.add_argument("--no-payload", action="store_true",
                         help="records without the proxy's parse (as replayed from the spool)")
     args = parser.parse_args()
-    asyncio.run(run(args.dsn, args.records, args.batch_size, args.concurrency, with_payload=not args.no_payload))
+    asyncio.run(run(args.dsn, args.records, args.batch_size, args.concurrency, with_payload=not args.no_payload,
+                    disk_probe_mb=args.disk_probe_mb))
 
 
 if __name__ == "__main__":
