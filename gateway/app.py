@@ -4,7 +4,6 @@ closed in reverse: the transcript writer drains before the Postgres pool closes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -38,6 +37,7 @@ from .proxy import Proxy
 from .quota_api import QuotaApi
 from .redis_client import REDIS_DOWN, create_redis, create_subscriber
 from .settings import Settings
+from .tasks import stop_task
 from .upstream import create_session
 from .writer import TranscriptWriter
 
@@ -134,9 +134,7 @@ async def _metrics_sync(app: web.Application) -> AsyncIterator[None]:
 
     task = asyncio.create_task(loop(), name="metrics-sync")
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await stop_task(task)
     app[appkeys.METRICS].sync(_readings(app))
 
 

@@ -10,11 +10,12 @@ call every few seconds is free. On a C library without ``malloc_trim`` (musl, ma
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import ctypes.util
 import logging
 from collections.abc import Callable
+
+from .tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,8 @@ class HeapTrimmer:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="heap-trimmer")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

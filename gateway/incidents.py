@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
-from contextlib import suppress
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
@@ -30,6 +29,7 @@ import sentry_sdk
 from . import audit
 from .db import transaction
 from .leaks import Finding
+from .tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -238,9 +238,7 @@ class Alerter:
                 await asyncio.wait_for(self.drain(), timeout_s)
             except TimeoutError:
                 log.warning("alerter closing with %d alerts undelivered", self._queue.qsize())
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None
         if self._own_session and self._session is not None:
             await self._session.close()

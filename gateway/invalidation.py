@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from .keyspace import Keyspace
 from .redis_client import REDIS_DOWN, AnyRedis
+from .tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +52,8 @@ class InvalidationListener:
         self._task = asyncio.create_task(self._run(), name="invalidation-listener")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         await self._client.aclose()
 
     async def _run(self) -> None:
