@@ -186,14 +186,24 @@ class Proxy:
             settings = self.app[appkeys.SETTINGS]
             exchange.claims = claims = student_claims(request, self.app[appkeys.CODEC])
             exchange.body = await read_body(request, settings.max_body_bytes)
-            exchange.payload = payload = json_object(exchange.body)
-            model = payload.get("model")
-            exchange.model = model if isinstance(model, str) else None
-            exchange.stream = bool(payload.get("stream"))
             policy = await self.app[appkeys.POLICIES].get(claims.course)
-            await self.app[appkeys.LEAK_GUARD].check(exchange)
-            admission = await self.app[appkeys.GATE].admit(
-                claims, policy, exchange.request_id, estimate_for(len(exchange.body)))
+            # The reservation needs only the body's size: it goes to Redis first, and the body is parsed and
+            # scanned while Redis answers. Nothing goes upstream before both are done. When the body is refused,
+            # an admission that came through is settled with 0 by _finish.
+            admitting = asyncio.ensure_future(self.app[appkeys.GATE].admit(
+                claims, policy, exchange.request_id, estimate_for(len(exchange.body))))
+            try:
+                await asyncio.sleep(0)  # one loop turn: the reservation's command leaves now
+                exchange.payload = payload = json_object(exchange.body)
+                model = payload.get("model")
+                exchange.model = model if isinstance(model, str) else None
+                exchange.stream = bool(payload.get("stream"))
+                await self.app[appkeys.LEAK_GUARD].check(exchange)
+            except BaseException:
+                with contextlib.suppress(Exception):  # the body's refusal is the answer, not the gate's
+                    admission = await asyncio.shield(admitting)
+                raise
+            admission = await admitting
             exchange.state = admission.state
             if settings.answer_quota_probe and is_quota_probe(payload) and admission.state is not None:
                 return self._answer_probe(exchange)

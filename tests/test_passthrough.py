@@ -11,6 +11,7 @@ import anthropic
 import orjson
 import pytest
 
+from gateway import appkeys
 from gateway.fakeupstream import Scripted, sse_frame, text_stream, tool_use_stream, usage
 from tests.harness import Harness
 from tests.test_writer_support import wait_until
@@ -173,6 +174,19 @@ async def test_bad_bodies_and_paths_never_reach_upstream(gateway: Harness) -> No
     async with aiohttp.ClientSession() as session, session.get(h.url + "/nope") as resp:
         body = orjson.loads(await resp.read())
         assert resp.status == 404 and body["error"]["type"] == "not_found_error"
+    assert h.fake.seen == []
+
+
+async def test_a_refused_body_leaves_no_reservation_and_no_debit(gateway: Harness) -> None:
+    """The reservation goes to Redis while the body is parsed (proxy.messages): a body refused after it must give
+    its in-flight slot back, or a student's bad requests would pile up until the slots ran out."""
+    h = gateway
+    dora = await h.issue_key("dora")
+    for _ in range(3):
+        _assert_error(await _post(h, b"{not json", dora), 400, "invalid_request_error")
+    policy = await h.app[appkeys.POLICIES].get(h.course)
+    state = await h.stores.ledger.read(policy, h.course, "dora")
+    assert (state.inflight, state.reserved, state.used) == (0, 0, 0)
     assert h.fake.seen == []
 
 
