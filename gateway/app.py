@@ -109,7 +109,8 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
 
 async def _writer(app: web.Application) -> AsyncIterator[None]:
     settings = app[appkeys.SETTINGS]
-    writer = TranscriptWriter(app[appkeys.PG_POOL], data_path(settings, "spool"))
+    writer = TranscriptWriter(app[appkeys.PG_POOL], data_path(settings, "spool"),
+                              blob_cache_size=settings.writer_blob_cache_entries)
     await writer.start()
     app[appkeys.WRITER] = writer
     yield
@@ -151,7 +152,8 @@ async def _leaks(app: web.Application) -> AsyncIterator[None]:
     alerter = Alerter(settings.alert_webhook_url)
     await alerter.start()
     guard = app[appkeys.LEAK_GUARD] = LeakGuard(
-        Scanner.load(codec.check), Keyring(app[appkeys.PG_POOL], app[appkeys.LEDGER], codec), app[appkeys.PG_POOL],
+        Scanner.load(codec.check, cache_entries=settings.scan_cache_entries, cache_bytes=settings.scan_cache_bytes),
+        Keyring(app[appkeys.PG_POOL], app[appkeys.LEDGER], codec), app[appkeys.PG_POOL],
         alerter, app[appkeys.METRICS], contact=settings.contact)
     yield
     await guard.close()

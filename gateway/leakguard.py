@@ -40,6 +40,10 @@ class LeakGuard:
         self._metrics = metrics
         self._contact = contact
 
+    @property
+    def scanner(self) -> Scanner:
+        return self._scanner
+
     async def check(self, exchange: Exchange) -> None:
         """Raise :class:`PermissionDenied` if the request carries a secret that must not travel."""
         if exchange.payload is None or exchange.claims is None:
