@@ -21,16 +21,15 @@ import asyncio
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.scratch import scratch_database
 from bench.session_gen import generate_session, session_headers
 from gateway.db import create_pool
-from gateway.migrate import migrate
 from gateway.transcript import TranscriptRecord
 from gateway.writer import TranscriptWriter
 
@@ -48,16 +47,11 @@ BLOBS = "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(pg_column_size(co
 
 
 async def run(dsn: str, sessions: int) -> None:
-    name = f"gw_bench_{uuid.uuid4().hex[:8]}"
-    base = dsn.rsplit("/", 1)[0]
-    admin = await asyncpg.connect(dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        conn = await asyncpg.connect(f"{base}/{name}")
-        await migrate(conn)
+    async with scratch_database(dsn) as scratch:
+        conn = await asyncpg.connect(scratch)
         await conn.execute("SELECT ensure_transcript_partition(now())")
         empty = await conn.fetchval(TABLES)
-        pool = await create_pool(f"{base}/{name}")
+        pool = await create_pool(scratch)
         raw = 0
         responses = 0
         turns = 0
@@ -86,9 +80,6 @@ async def run(dsn: str, sessions: int) -> None:
         on_disk = await conn.fetchval(TABLES) - empty
         blob_count, blob_raw, blob_stored = await conn.fetchrow(BLOBS)
         await conn.close()
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
     print(f"{sessions} session(s), {turns} requests: raw request bodies {raw / 1e6:.2f} MB "
           f"(responses {responses / 1e6:.2f} MB more)")

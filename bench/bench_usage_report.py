@@ -16,16 +16,17 @@ import argparse
 import asyncio
 import random
 import statistics
+import sys
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
-import asyncpg
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.scratch import scratch_database
 from gateway import courses
 from gateway.db import create_pool
-from gateway.migrate import migrate
 from gateway.usage_report import usage_report
 
 COURSE = "bench"
@@ -60,14 +61,8 @@ def rows(course: str, students: int, weeks: int, per_week: int, seed: int) -> li
 
 
 async def main(args: argparse.Namespace) -> None:
-    name = f"gw_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(args.admin_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = args.admin_dsn.rpartition("/")[0] + "/" + name
-    try:
+    async with scratch_database(args.admin_dsn) as dsn:
         pool = await create_pool(dsn)
-        async with pool.acquire() as conn:
-            await migrate(conn)
         for course in (COURSE, "other"):
             await courses.create(pool, "bench", course, limit=1_000_000, period_seconds=7 * 86_400, tz=TZ)
         await pool.executemany("INSERT INTO students (course_id, student_id, grp) VALUES ($1, $2, $3)",
@@ -101,9 +96,6 @@ async def main(args: argparse.Namespace) -> None:
                 times.append((time.perf_counter() - t0) * 1000)
             print(f"{label:34} {len(report.rows):>6} {statistics.median(times):>10.1f} {max(times):>8.1f}")
         await pool.close()
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 if __name__ == "__main__":

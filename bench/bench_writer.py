@@ -24,17 +24,15 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-import asyncpg
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.scratch import scratch_database
 from bench.session_gen import SessionConfig, generate_session, session_headers
 from gateway.db import create_pool
-from gateway.migrate import migrate
 from gateway.transcript import TranscriptRecord, encode
 from gateway.writer import TranscriptWriter
 
@@ -101,21 +99,13 @@ async def run(dsn: str, count: int, batch_size: int, concurrency: int, *, with_p
     print(f"{count} records: request+response bodies {statistics.mean(bodies) / 1000:.1f} KB on average, "
           f"{statistics.mean(sizes) / 1000:.1f} KB as spooled")
 
-    name = f"gw_bench_{uuid.uuid4().hex[:8]}"
-    base = dsn.rsplit("/", 1)[0]
-    admin = await asyncpg.connect(dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        conn = await asyncpg.connect(f"{base}/{name}")
-        await migrate(conn)
-        await conn.close()
-        pool = await create_pool(f"{base}/{name}", max_size=concurrency + 1)
+    async with scratch_database(dsn) as scratch:
+        pool = await create_pool(scratch, max_size=concurrency + 1)
         with tempfile.TemporaryDirectory() as spool:
             writer = TranscriptWriter(pool, Path(spool), batch_size=batch_size, concurrency=concurrency,
                                       queue_max=count, queue_max_bytes=4 << 30)
             await writer.start()
-            async with pool.acquire() as conn:  # open every pool connection, to find the backends' pids
-                pass
+            # Open every pool connection, to find the backends' pids.
             holders = [await pool.acquire() for _ in range(concurrency + 1)]
             for held in holders:
                 await pool.release(held)
@@ -141,9 +131,6 @@ async def run(dsn: str, count: int, batch_size: int, concurrency: int, *, with_p
         async with pool.acquire() as conn:
             rows = await conn.fetchval("SELECT count(*) FROM transcripts")
         await pool.close()
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
     assert rows == count, (rows, count)
     print(f"submit(): {(submitted - start) / count * 1e6:.1f} us per record (spool write + enqueue)")
     print(f"{count / (done - start):,.0f} transcripts/s end to end ({done - start:.2f} s for {count}, "
