@@ -12,12 +12,9 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
-import logging
 from collections.abc import Callable
 
 from .tasks import stop_task
-
-log = logging.getLogger(__name__)
 
 Trim = Callable[[int], int]
 
