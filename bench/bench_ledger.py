@@ -4,8 +4,10 @@ Each pair is what one proxied request costs the ledger: ``reserve`` (key status,
 ``settle`` (idempotent debit), two EVALSHAs. ``--concurrency`` tasks share one client with a blocking pool of
 ``--pool`` connections (as the gateway does), spread over ``--students`` buckets, in ``--processes`` worker
 processes (``gateway serve --workers N``). Target: >= 10,000 pairs/s. Also prints the client's CPU time per
-pair, which says what one core sustains when the machine is busy with other work. Keys live under a fresh
-prefix, deleted afterwards.
+pair, which says what one core sustains when the machine is busy with other work, and the time Redis spent in
+the scripts per pair (``INFO commandstats``, EVALSHA; meaningful when nothing else uses that Redis meanwhile),
+which says how many pairs/s one Redis core can serve for all workers together. Keys live under a fresh prefix,
+deleted afterwards.
 
 Usage: python bench/bench_ledger.py [--url redis://127.0.0.1:6379/0] [--pairs 60000] [--concurrency 50]
        [--pool 64] [--students 200] [--processes 1]
@@ -65,6 +67,14 @@ def _process(args: tuple[str, str, int, int, int, int, int]) -> tuple[float, flo
     return asyncio.run(run(*args))
 
 
+async def evalsha_usec(url: str) -> int:
+    """Microseconds Redis has spent running EVALSHA since its stats were last reset."""
+    client = aioredis.from_url(url)
+    stats = await client.info("commandstats")
+    await client.aclose()
+    return int(stats.get("cmdstat_evalsha", {}).get("usec", 0))
+
+
 async def cleanup(url: str, prefix: str) -> None:
     client = aioredis.from_url(url)
     async for key in client.scan_iter(match=f"{prefix}*", count=1000):
@@ -84,20 +94,26 @@ def main() -> None:
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     jobs = [(args.url, prefix, w, args.pairs, args.concurrency, args.pool, args.students)
             for w in range(args.processes)]
+    redis_before = asyncio.run(evalsha_usec(args.url))
     try:
         if args.processes == 1:
             results = [_process(jobs[0])]
         else:
             with multiprocessing.Pool(args.processes) as workers:
                 results = workers.map(_process, jobs)
+        redis_usec = asyncio.run(evalsha_usec(args.url)) - redis_before
     finally:
         asyncio.run(cleanup(args.url, prefix))
     measured = args.pairs * args.processes
+    warm_up = len(range(0, args.pairs, args.concurrency)) * args.processes  # pairs run before the clock starts
     seconds = max(wall for wall, _ in results)
     cpu = sum(cpu for _, cpu in results)
     print(f"processes={args.processes} concurrency={args.concurrency} pool={args.pool} students={args.students}")
     print(f"{measured} reserve+settle pairs in {seconds:.2f} s: {measured / seconds:,.0f} pairs/s")
     print(f"client CPU: {1e6 * cpu / measured:.0f} µs per pair (one core sustains {measured / cpu:,.0f} pairs/s)")
+    per_pair = redis_usec / (measured + warm_up)
+    print(f"Redis in the scripts: {per_pair:.1f} µs per pair "
+          f"(one Redis core serves at most {1e6 / per_pair:,.0f} pairs/s)")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from .keyspace import Keyspace
 from .periods import BoundaryCache
 from .policy import Policy
 from .redis_client import ledger_concurrency
-from .scripts import AnyRedis, ScriptCall, Scripts
+from .scripts import AnyRedis, ScriptCall, Scripts, schedule_argument
 from .settings import Settings
 
 Outcome: TypeAlias = Literal["admitted", "quota", "inflight", "suspended", "revoked", "key_unknown"]
@@ -171,6 +171,7 @@ class Ledger:
         self._stale_after_s = stale_after_s
         self._window_s = idempotency_window_s
         self._bounds = BoundaryCache()
+        self._schedules: dict[tuple[int, int, int, tuple[int, ...]], bytes] = {}
         self._slots: AbstractAsyncContextManager[Any] = (
             asyncio.Semaphore(max_concurrency) if max_concurrency else contextlib.nullcontext()
         )
@@ -187,13 +188,22 @@ class Ledger:
         """This ledger's idea of now (the test clock, else this host's clock; the scripts use Redis TIME)."""
         return self._clock() if self._clock is not None else time.time()
 
+    def _schedule(self, policy: Policy, now: float) -> bytes:
+        """The scripts' schedule argument, made once per policy and boundary list."""
+        bounds = self._bounds.get(policy, now)
+        key = (policy.limit, policy.effective_carry_cap, policy.period_seconds, bounds)
+        argument = self._schedules.get(key)
+        if argument is None:
+            if len(self._schedules) >= 1024:  # policies edited over a long run: start afresh
+                self._schedules.clear()
+            argument = self._schedules[key] = schedule_argument(*key[:3], self._stale_after_s, bounds)
+        return argument
+
     async def _bucket_script(
         self, script: ScriptCall, policy: Policy, keys: list[str], *extra: str | int
     ) -> tuple[str, str, BucketState]:
         now = self.now()
-        bounds = self._bounds.get(policy, now)
-        schedule = (policy.limit, policy.effective_carry_cap, policy.period_seconds, self._stale_after_s, *bounds)
-        args = [now if self._clock is not None else "", " ".join(map(str, schedule)), *extra]
+        args = [now if self._clock is not None else "", self._schedule(policy, now), *extra]
         async with self._slots:
             reply = await script(keys, args)
         return _parse(reply)

@@ -23,8 +23,9 @@ if status then
   end
 end
 
+local request_id, estimate, max_inflight = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local b = bucket_load(KEYS[1])
-local reserved, count = bucket_inflight(KEYS[2])
+local reserved, count, live = bucket_inflight(KEYS[2], request_id)
 if status ~= 'active' then
   if status ~= 'suspended' and status ~= 'revoked' then
     status = 'key_unknown'
@@ -32,9 +33,8 @@ if status ~= 'active' then
   return bucket_reply(status, reason, b, reserved, count)
 end
 
-local request_id, estimate, max_inflight = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local outcome = 'admitted'
-if redis.call('HEXISTS', KEYS[2], request_id) == 1 or redis.call('ZSCORE', KEYS[4], request_id) then
+if live or redis.call('ZSCORE', KEYS[4], request_id) then
   -- a repeated reserve for a request already in flight (admitted once, reserved once), or one already settled
 elseif SCHEDULE.limit + b.carried + b.granted - b.used - reserved <= 0 then
   outcome = 'quota'

@@ -11,7 +11,7 @@ from gateway.keyspace import Keyspace
 from gateway.ledger import Ledger
 from gateway.periods import boundaries, period_at
 from gateway.policy import Policy
-from gateway.scripts import Scripts
+from gateway.scripts import Scripts, schedule_argument
 from tests.ledger_support import WEEK, Clock, local_epoch, make_policy, new_ledger
 
 HOUR = 3600
@@ -150,7 +150,7 @@ async def test_time_outside_the_boundary_list_extrapolates_by_the_nominal_length
     old_list = boundaries(policy, ledger_clock.now, 2, 3)
     keys = Keyspace(redis_prefix)
     read = Scripts.register(bucket_redis).read
-    schedule = " ".join(map(str, [policy.limit, policy.effective_carry_cap, policy.period_seconds, 900, *old_list]))
+    schedule = schedule_argument(policy.limit, policy.effective_carry_cap, policy.period_seconds, 900, old_list)
     later = ledger_clock.now + 10 * WEEK
     reply = await read([keys.bucket(COURSE, "ann"), keys.inflight(COURSE, "ann")], [later, schedule])
     assert reply[8:10] == list(period_at(policy, later))
