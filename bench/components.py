@@ -32,7 +32,8 @@ class Component:
 COMPONENTS = (
     Component("bench_ledger.py", "ledger reserve + settle pairs/s (real Redis)", ("--pairs", "5000"), (),
               {"pairs_per_s": r"([\d,.]+) pairs/s", "client_cpu_us_per_pair": r"client CPU: ([\d,.]+) µs per pair",
-               "one_core_pairs_per_s": r"one core sustains ([\d,.]+) pairs/s"},
+               "one_core_pairs_per_s": r"one core sustains ([\d,.]+) pairs/s",
+               "redis_us_per_pair": r"Redis in the scripts: ([\d,.]+) µs per pair"},
               ("pairs_per_s", ">=", 10_000)),
     Component("bench_writer.py", "transcript writer transcripts/s (real Postgres)", ("--records", "2000"),
               ("--records", "20000"),

@@ -6,9 +6,10 @@ share code). Call sites read like async functions: ``await scripts.reserve(keys,
 * ``EVALSHA``, and on ``NOSCRIPT`` (a restarted or failed-over server) ``SCRIPT LOAD`` and retry: redis-py's
   script objects do this; with a :class:`~redis.asyncio.cluster.RedisCluster` the load goes to every primary
   and ``EVALSHA`` is routed by the keys, which all carry one student's hash tag, so every call runs on one slot.
-* Auto-pipelining (standalone Redis): the calls made during one event-loop iteration go out together as one
-  non-transactional pipeline, one round trip. Each script is still atomic on its own; only the client's
-  per-command overhead (which in redis-py dwarfs the scripts' run time) is shared. See bench/bench_ledger.py.
+* Auto-pipelining (standalone Redis): the calls made during one event-loop iteration go out together in one
+  write on one pooled connection, one round trip, not a transaction. Each script is still atomic on its own;
+  only the client's per-command overhead (which in redis-py's ``Pipeline`` dwarfs the scripts' run time) is
+  shared, and :meth:`AutoPipeline._round_trip` keeps that small. See bench/bench_ledger.py.
 """
 
 from __future__ import annotations
