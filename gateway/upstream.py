@@ -58,4 +58,6 @@ def create_session(settings: Settings) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         base_url=None, timeout=timeout, connector=connector, auto_decompress=False,
         skip_auto_headers=("User-Agent", "Accept-Encoding"), raise_for_status=False,
+        # One session serves every student: a cookie upstream sets for one must never ride on another's request.
+        cookie_jar=aiohttp.DummyCookieJar(),
     )

@@ -86,12 +86,16 @@ def make_settings(*, upstream_url: str, upstream_key: str, redis_url: str, datab
 async def running_gateway(
     aiohttp_server: Callable[..., Awaitable[TestServer]], *, pg_dsn: str, redis_url: str, redis_prefix: str,
     data_dir: Path, limit: int = 500_000, fake: FakeUpstream | None = None, upstream_url: str | None = None,
-    **overrides: Any,
+    upstream_host: str | None = None, **overrides: Any,
 ) -> AsyncIterator[Harness]:
+    """``upstream_host``: reach the fake upstream by this name (e.g. ``localhost``) instead of its address."""
     fake = fake or FakeUpstream()
     fake_server = await aiohttp_server(fake.app())
+    fake_url = fake_server.make_url("")
+    if upstream_host is not None:
+        fake_url = fake_url.with_host(upstream_host)
     settings = make_settings(
-        upstream_url=upstream_url or str(fake_server.make_url("")).rstrip("/"), upstream_key=fake.api_key,
+        upstream_url=upstream_url or str(fake_url).rstrip("/"), upstream_key=fake.api_key,
         redis_url=redis_url, database_url=pg_dsn, redis_prefix=redis_prefix, data_dir=data_dir, **overrides)
     async with open_stores(settings) as stores:
         await courses.create(stores.pool, "test", COURSE, limit=limit, period_seconds=7 * 86400)

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from gateway import appkeys
-from gateway.fakeupstream import Scripted, sse_frame, text_stream, tool_use_stream, usage
+from gateway.fakeupstream import Scripted, message_json, sse_frame, text_stream, tool_use_stream, usage
 from tests.harness import Harness
 from tests.test_writer_support import wait_until
 
@@ -261,6 +261,29 @@ async def _usage_row(h: Harness, student: str) -> dict[str, object]:
         "SELECT * FROM usage_events WHERE course_id = $1 AND student_id = $2 ORDER BY at", h.course, student)
     assert rows, f"no usage row for {student}"
     return dict(rows[-1])
+
+
+async def test_upstream_cookies_are_not_kept_for_later_requests(  # type: ignore[no-untyped-def]
+    aiohttp_server, pg_dsn: str, redis_url: str, redis_prefix: str, tmp_path
+) -> None:
+    # Set-Cookie from upstream (a CDN's bot cookie, say) must not be replayed on other students' requests. The
+    # upstream is reached by name: a cookie jar ignores cookies from bare IP addresses.
+    from tests.harness import running_gateway
+
+    async with running_gateway(aiohttp_server, pg_dsn=pg_dsn, redis_url=redis_url, redis_prefix=redis_prefix,
+                               data_dir=tmp_path, upstream_host="localhost") as h:
+        await _cookie_not_replayed(h)
+
+
+async def _cookie_not_replayed(h: Harness) -> None:
+    h.fake.queue(Scripted(body=message_json("a", model="claude-opus-5-5", usage_=usage(3, 1)),
+                          headers={"set-cookie": "__cf_bm=abc123; Path=/; HttpOnly"}))
+    status, _, _ = await _post(h, MESSAGE, h.key)
+    assert status == 200
+    other = await h.issue_key("cookie-other")
+    status, _, _ = await _post(h, MESSAGE, other)
+    assert status == 200
+    assert not any(name.lower() == "cookie" for name in h.fake.seen[-1].headers)
 
 
 async def test_keys_never_reach_the_logs(gateway: Harness, caplog: pytest.LogCaptureFixture) -> None:
