@@ -102,6 +102,10 @@ class Gate:
             for debit in adopted:
                 self._enqueue(debit, journal=False)
 
+    async def sent(self) -> None:
+        """The Redis calls started so far (an admission's reserve) are on the wire; Redis answers meanwhile."""
+        await self._ledger.written()
+
     async def wait_replayed(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Wait until no debit is waiting for Redis (TimeoutError otherwise)."""
         async with asyncio.timeout(timeout):

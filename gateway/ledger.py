@@ -184,6 +184,10 @@ class Ledger:
     def redis(self) -> AnyRedis:
         return self._redis
 
+    async def written(self) -> None:
+        """Every bucket script called so far is on its way to Redis (see ``AutoPipeline.written``)."""
+        await self._scripts.written()
+
     def now(self) -> float:
         """This ledger's idea of now (the test clock, else this host's clock; the scripts use Redis TIME)."""
         return self._clock() if self._clock is not None else time.time()

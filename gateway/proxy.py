@@ -190,10 +190,12 @@ class Proxy:
             # The reservation needs only the body's size: it goes to Redis first, and the body is parsed and
             # scanned while Redis answers. Nothing goes upstream before both are done. When the body is refused,
             # an admission that came through is settled with 0 by _finish.
-            admitting = asyncio.ensure_future(self.app[appkeys.GATE].admit(
+            gate = self.app[appkeys.GATE]
+            admitting = asyncio.ensure_future(gate.admit(
                 claims, policy, exchange.request_id, estimate_for(len(exchange.body))))
             try:
-                await asyncio.sleep(0)  # one loop turn: the reservation's command leaves now
+                await asyncio.sleep(0)  # one loop turn: the admission submits its reserve to the ledger's pipeline
+                await gate.sent()  # ... which writes it to Redis (a few loop turns): only then parse and scan
                 exchange.payload = payload = json_object(exchange.body)
                 model = payload.get("model")
                 exchange.model = model if isinstance(model, str) else None

@@ -60,27 +60,44 @@ class AutoPipeline:
     def __init__(self, client: Redis) -> None:
         self._client = client
         self._batch: list[_Call] = []
+        self._batch_written: asyncio.Future[None] | None = None
+        self._unwritten: set[asyncio.Future[None]] = set()
         self._sending: set[asyncio.Task[None]] = set()
 
     def submit(self, script: AsyncScript, keys: Sequence[str], args: Args) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         if not self._batch:
             loop.call_soon(self._flush)
+            self._batch_written = written = loop.create_future()
+            self._unwritten.add(written)
+            written.add_done_callback(self._unwritten.discard)
         call = _Call(script, keys, args, loop.create_future())
         self._batch.append(call)
         return call.future
 
+    async def written(self) -> None:
+        """Return once every call submitted so far is on the wire (or its batch failed): a caller can do other
+        work while Redis answers. Never raises."""
+        if self._unwritten:
+            await asyncio.wait(list(self._unwritten))
+
     def _flush(self) -> None:
         batch, self._batch = self._batch, []
-        task = asyncio.get_running_loop().create_task(self._send(batch))
+        written, self._batch_written = self._batch_written, None
+        task = asyncio.get_running_loop().create_task(self._send(batch, written))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _send(self, batch: list[_Call]) -> None:
-        commands = [("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args) for call in batch]
-        replies = await _settle_exception(self._round_trip(commands))
-        if isinstance(replies, BaseException):
-            replies = [replies] * len(batch)
+    async def _send(self, batch: list[_Call], written: asyncio.Future[None] | None = None) -> None:
+        replies: list[Any]
+        try:  # whatever goes wrong, every caller gets an answer: a reply or the exception
+            commands = [("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args) for call in batch]
+            replies = await self._round_trip(commands, written)
+        except (Exception, asyncio.CancelledError) as exc:
+            replies = [exc] * len(batch)
+        finally:
+            if written is not None and not written.done():
+                written.set_result(None)
         for call, reply in zip(batch, replies, strict=True):
             if isinstance(reply, NoScriptError):  # the server lost its scripts: load, then run this one again
                 reply = await _settle_exception(call.script(call.keys, call.args))
@@ -93,8 +110,9 @@ class AutoPipeline:
             else:
                 call.future.set_result(reply)
 
-
-    async def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async def _round_trip(
+        self, commands: list[tuple[Any, ...]], written: asyncio.Future[None] | None = None
+    ) -> list[Any]:
         """Send ``commands`` on one pooled connection in one write; their replies, a ``ResponseError`` in place
         of each error reply. Lighter than redis-py's ``Pipeline`` (no command stack, response callbacks, retry
         wrapper or timer per reply, which cost more client CPU than the scripts cost Redis); hiredis packs the
@@ -105,6 +123,8 @@ class AutoPipeline:
         try:
             async with asyncio.timeout(pool.connection_kwargs.get("socket_timeout")):
                 await connection.send_packed_command(b"".join(map(pack_command, commands)))
+                if written is not None and not written.done():
+                    written.set_result(None)
                 replies: list[Any] = []
                 for _ in commands:
                     try:
@@ -147,6 +167,12 @@ class Scripts:
     grant: ScriptCall
     read: ScriptCall
     restore: ScriptCall
+    pipeline: AutoPipeline | None = None
+
+    async def written(self) -> None:
+        """Every script call made so far is on the wire (at once without the auto-pipeline: see there)."""
+        if self.pipeline is not None:
+            await self.pipeline.written()
 
     @classmethod
     def register(cls, client: AnyRedis, *, autopipeline: bool = True) -> Scripts:
@@ -158,5 +184,5 @@ class Scripts:
 
         return cls(
             reserve=call("reserve"), settle=call("settle"), grant=call("grant"), read=call("read"),
-            restore=call("restore"),
+            restore=call("restore"), pipeline=pipeline,
         )

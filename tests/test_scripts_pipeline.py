@@ -1,15 +1,15 @@
 """The auto-pipeline's own round trip (gateway/scripts.py): one write per batch, replies in order, error replies
-in place, NOSCRIPT recovery, and a stalled server bounded by the socket timeout."""
+in place, NOSCRIPT recovery, a stalled server bounded by the socket timeout, and ``written()``."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import ConnectionError, ResponseError
 
 from gateway.keyspace import Keyspace
 from gateway.ledger import Ledger, estimate_for
@@ -32,9 +32,9 @@ async def test_one_batch_is_one_round_trip_with_replies_and_errors_in_order(
     batches: list[int] = []
     original = AutoPipeline._round_trip
 
-    async def counting(self: AutoPipeline, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async def counting(self: AutoPipeline, commands: list[tuple[Any, ...]], *args: Any) -> list[Any]:
         batches.append(len(commands))
-        return await original(self, commands)
+        return await original(self, commands, *args)
 
     monkeypatch.setattr(AutoPipeline, "_round_trip", counting)
     for script in (echo, fail):  # on the server beforehand, so that no NOSCRIPT retry adds a round trip
@@ -46,6 +46,21 @@ async def test_one_batch_is_one_round_trip_with_replies_and_errors_in_order(
     assert isinstance(results[1], ResponseError) and "boom b" in str(results[1])
     # the connection was read to the end: the next batch on the pool gets its own replies
     assert await pipeline.submit(echo, [], ["d"]) == b"d"
+
+
+async def test_a_batch_that_fails_unexpectedly_still_answers_every_caller(
+    client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: AutoPipeline, commands: list[tuple[Any, ...]], *args: Any) -> Any:
+        raise RuntimeError("bug in the round trip")
+
+    monkeypatch.setattr(AutoPipeline, "_round_trip", broken)
+    pipeline = AutoPipeline(client)
+    script = client.register_script("return 1")
+    futures = [pipeline.submit(script, [], []) for _ in range(3)]
+    await asyncio.wait_for(pipeline.written(), 5)
+    results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 5)
+    assert [type(r) for r in results] == [RuntimeError] * 3
 
 
 async def test_scripts_flushed_on_the_server_are_loaded_again_within_a_batch(redis_url: str, redis_prefix: str) -> None:
@@ -65,9 +80,7 @@ async def test_scripts_flushed_on_the_server_are_loaded_again_within_a_batch(red
         assert [r.state.inflight for r in replies] == [2, 1, 1]
 
 
-async def test_a_server_that_never_answers_fails_the_batch_within_the_socket_timeout() -> None:
-    received = asyncio.Event()
-
+def _silent_server(received: asyncio.Event) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Answers the connection's set-up commands with +OK, then stops answering at the first EVALSHA."""
         while chunk := await reader.read(65536):
@@ -79,7 +92,46 @@ async def test_a_server_that_never_answers_fails_the_batch_within_the_socket_tim
             writer.write(b"+OK\r\n" * commands)
         writer.close()
 
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    return silent
+
+
+async def test_written_returns_once_the_batch_is_on_the_wire_before_any_reply() -> None:
+    received = asyncio.Event()
+    server = await asyncio.start_server(_silent_server(received), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool(
+        host="127.0.0.1", port=port, socket_timeout=0.5, max_connections=2))
+    try:
+        pipeline = AutoPipeline(client)
+        await pipeline.written()  # nothing submitted: returns at once
+        reply = pipeline.submit(client.register_script("return 1"), [], [])
+        await pipeline.written()
+        await asyncio.wait_for(received.wait(), 5)  # the server has the command ...
+        assert not reply.done()  # ... and has not answered it
+        with pytest.raises(asyncio.TimeoutError):
+            await reply
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_written_returns_when_the_batch_cannot_be_sent(unused_tcp_port: int) -> None:
+    client = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool(
+        host="127.0.0.1", port=unused_tcp_port, socket_timeout=0.5, socket_connect_timeout=0.5, max_connections=2))
+    try:
+        pipeline = AutoPipeline(client)
+        reply = pipeline.submit(client.register_script("return 1"), [], [])
+        await asyncio.wait_for(pipeline.written(), 5)
+        with pytest.raises(ConnectionError):
+            await reply
+    finally:
+        await client.aclose()
+
+
+async def test_a_server_that_never_answers_fails_the_batch_within_the_socket_timeout() -> None:
+    received = asyncio.Event()
+    server = await asyncio.start_server(_silent_server(received), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     pool = aioredis.BlockingConnectionPool(host="127.0.0.1", port=port, socket_timeout=0.2, max_connections=2)
     client = aioredis.Redis.from_pool(pool)
