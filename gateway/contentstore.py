@@ -56,25 +56,54 @@ def digest(data: bytes) -> bytes:
 Span = tuple[int, int, str]
 
 
-def split(raw: bytes, parsed: Any = None) -> SplitBody:
+class RecentValues:
+    """The last few serialised top-level values (``tools``, ``system``, ...) with their hashes, per key: every
+    request of a course carries the same ``tools`` and ``system``, so :func:`split` finds them in the raw bytes by
+    comparison instead of serialising and hashing ~40 KB again. Bounded: ``per_key`` values for each of at most
+    ``keys`` keys. Owned by its user (the transcript writer); not thread-safe."""
+
+    def __init__(self, per_key: int = 4, keys: int = 16) -> None:
+        self._per_key = per_key
+        self._keys = keys
+        self._values: dict[str, list[tuple[bytes, bytes]]] = {}
+
+    def find(self, key: str, raw: bytes, at: int) -> tuple[bytes, bytes] | None:
+        """``(content, digest)`` of a remembered value of ``key`` that ``raw`` holds at ``at``, followed by the
+        end of that value (``,`` or ``}``): a complete JSON value that is a prefix there is the value there."""
+        for content, digest_ in self._values.get(key, ()):
+            if raw.startswith(content, at) and raw[at + len(content) : at + len(content) + 1] in (b",", b"}"):
+                return content, digest_
+        return None
+
+    def remember(self, key: str, content: bytes, digest_: bytes) -> None:
+        values = self._values.get(key)
+        if values is None:
+            if len(self._values) >= self._keys:
+                return
+            values = self._values[key] = []
+        values.insert(0, (content, digest_))
+        del values[self._per_key :]
+
+
+def split(raw: bytes, parsed: Any = None, recent: RecentValues | None = None) -> SplitBody:
     """Cut ``raw`` into a skeleton and content-addressed parts; ``join`` undoes it byte for byte.
 
     ``parsed`` may be ``orjson.loads(raw)`` when the caller has it already (the proxy parsed the body): it is
     only a guide to where the parts are -- every byte of the split is checked against ``raw`` -- so a stale or
-    wrong ``parsed`` costs a fallback, never a wrong body.
+    wrong ``parsed`` costs a fallback, never a wrong body. ``recent`` remembers top-level values across calls.
     """
     if not isinstance(parsed, dict):
         parsed = _parse(raw)
     if parsed is None:
         return _from_spans(raw, [(0, len(raw), "body")] if raw else [])
-    fast = _compact_split(raw, parsed)
+    fast = _compact_split(raw, parsed, recent)
     if fast is not None:
         return fast
     spans = scan_spans(raw)
     return _from_spans(raw, spans if spans is not None else [(0, len(raw), "body")])
 
 
-def _compact_split(raw: bytes, parsed: dict[str, Any]) -> SplitBody | None:
+def _compact_split(raw: bytes, parsed: dict[str, Any], recent: RecentValues | None = None) -> SplitBody | None:
     """The split of a body that is exactly the compact serialisation of ``parsed`` (what Claude Code sends);
     None when it is not (other whitespace, escapes, number forms, duplicate keys ...). Every value is dumped
     once (its bytes are needed for its hash anyway) and compared in place with the raw bytes it should be:
@@ -120,16 +149,24 @@ def _compact_split(raw: bytes, parsed: dict[str, Any]) -> SplitBody | None:
                 offsets.extend(range(base, base + len(value)))
                 skeleton += b"[" + b"," * (len(value) - 1) + b"]"
             else:
-                content = orjson.dumps(value)
-                if not raw.startswith(content, at):
-                    return None
+                known = recent.find(key, raw, at) if recent is not None else None
+                if known is None:
+                    content = orjson.dumps(value)
+                    if not raw.startswith(content, at):
+                        return None
+                else:
+                    content = known[0]
                 at += len(content)
                 kind = _kind(key, len(content))
                 if kind is None:
                     skeleton += content
                 else:
                     offsets.append(len(skeleton))
-                    parts.append(Part(sha256(content).digest(), kind, content))
+                    if known is None:
+                        known = (content, sha256(content).digest())
+                        if recent is not None:
+                            recent.remember(key, *known)
+                    parts.append(Part(known[1], kind, content))
     except (orjson.JSONEncodeError, IndexError):
         return None
     if at != len(raw) - 1 or raw[at] != 0x7D:  # exactly one closing brace left

@@ -116,8 +116,9 @@ class AutoPipeline:
         """Send ``commands`` on one pooled connection in one write; their replies, a ``ResponseError`` in place
         of each error reply. Lighter than redis-py's ``Pipeline`` (no command stack, response callbacks, retry
         wrapper or timer per reply, which cost more client CPU than the scripts cost Redis); hiredis packs the
-        commands (in C, byte for byte what redis-py's packer makes). The connection's
-        socket timeout bounds the whole round trip, and a connection left mid-reply is dropped, never reused."""
+        commands (in C, byte for byte what redis-py's packer makes). The connection's socket timeout bounds the
+        whole round trip, and a connection left mid-reply is dropped, never reused. ``written`` is resolved as
+        soon as the commands are on the wire."""
         pool = self._client.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]  # untyped in redis-py
         try:

@@ -184,9 +184,12 @@ def _rows(record: TranscriptRecord, body: contentstore.SplitBody) -> tuple[tuple
     return transcript, usage_row
 
 
-async def prepare(items: list[_Item], known: Container[bytes] = frozenset()) -> _Prepared:
+async def prepare(
+    items: list[_Item], known: Container[bytes] = frozenset(), recent: contentstore.RecentValues | None = None
+) -> _Prepared:
     """CPU work of a batch: split the request bodies into content-addressed parts, build the COPY rows.
-    Parts whose hash is in ``known`` (stored already) are not kept. Runs on the event loop in slices, so that
+    Parts whose hash is in ``known`` (stored already) are not kept; ``recent`` spares re-serialising and
+    re-hashing the ``tools`` and ``system`` every request repeats. Runs on the event loop in slices, so that
     a batch of big bodies never holds the loop for long."""
     out = _Prepared()
     seen: set[str] = set()
@@ -197,7 +200,7 @@ async def prepare(items: list[_Item], known: Container[bytes] = frozenset()) -> 
             continue  # the same request twice in one batch: the first one wins, as ON CONFLICT would decide
         seen.add(record.request_id)
         try:
-            body = contentstore.split(record.request_body, record.request_payload)
+            body = contentstore.split(record.request_body, record.request_payload, recent)
             record.request_payload = None  # not needed any more: let the parse go before the batch commits
             transcript, usage = _rows(record, body)
         except Exception as exc:  # a record that cannot be prepared is set aside, not dropped
@@ -273,6 +276,7 @@ class TranscriptWriter:
         self._runner: asyncio.Task[None] | None = None
         self._syncer: asyncio.Task[None] | None = None
         self._known_blobs: dict[bytes, None] = {}
+        self._recent_values = contentstore.RecentValues()
         self._months: set[tuple[int, int]] = set()
         self._months_lock = asyncio.Lock()
         self._open = False
@@ -497,7 +501,7 @@ class TranscriptWriter:
 
     async def _write(self, items: list[_Item]) -> None:
         try:
-            prepared = await prepare(items, self._known_blobs)
+            prepared = await prepare(items, self._known_blobs, self._recent_values)
             for item, exc in prepared.rejected:
                 self._reject(item, exc)
             delay = self.retry_initial_s

@@ -188,3 +188,41 @@ def test_the_proxys_parse_is_reused_and_a_wrong_one_never_changes_the_bytes() ->
         blobs = {part.hash: part.content for part in parts.parts}
         assert join(parts.skeleton, parts.offsets, [p.hash for p in parts.parts], blobs) == body
         assert parts.size == len(body)
+
+
+def test_recent_values_give_the_same_split_without_serialising_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    turns = generate_session(6, SessionConfig(turns=4))
+    recent = contentstore.RecentValues()
+    for turn in turns:  # the first turn fills it; every split is the plain one
+        assert split(turn.body, orjson.loads(turn.body), recent) == split(turn.body)
+    body = turns[-1].body
+    payload = orjson.loads(body)
+    tools = orjson.dumps(payload["tools"])
+    dumped: list[bytes] = []
+    real_dumps = orjson.dumps
+
+    def recording_dumps(value: Any) -> bytes:
+        dumped.append(out := real_dumps(value))
+        return out
+
+    monkeypatch.setattr(contentstore.orjson, "dumps", recording_dumps)
+    with_recent = split(body, payload, recent)
+    assert tools not in dumped  # found among the recent values by comparison
+    assert split(body, payload) == with_recent
+    assert tools in dumped  # the plain split serialises it
+
+
+def test_a_recent_value_counts_only_where_a_whole_value_matches() -> None:
+    recent = contentstore.RecentValues(per_key=2)
+    system_text = [{"type": "text", "text": "You are Claude Code. " * 20}]
+    first = orjson.dumps({"system": system_text, "messages": []})
+    split(first, None, recent)
+    # The remembered value's bytes begin the raw value but are not all of it: not a match.
+    longer = orjson.dumps({"system": [*system_text, {"type": "text", "text": "more"}], "messages": []})
+    assert recent.find("system", longer, len(b'{"system":')) is None
+    assert recent.find("system", first, len(b'{"system":')) is not None
+    for raw in (first, longer):
+        parts = split(raw, None, recent)
+        assert parts == split(raw)
+        blobs = {part.hash: part.content for part in parts.parts}
+        assert join(parts.skeleton, parts.offsets, [p.hash for p in parts.parts], blobs) == raw
