@@ -66,7 +66,8 @@ async def test_sigterm_lets_50_live_streams_finish_and_writes_their_transcripts(
                     break
                 assert time.monotonic() < deadline, "the gateway still accepts connections after SIGTERM"
                 await asyncio.sleep(0.05)  # polling interval against a deadline
-            assert not any(task.done() for task in streams)
+            ended = [_how_it_ended(task) for task in streams if task.done()]
+            assert not ended, f"streams ended before the gate opened: {ended}\n{cluster.served.output()[-4000:]}"
 
             release.set()
             bodies = await asyncio.wait_for(asyncio.gather(*streams), WAIT_S)
@@ -83,3 +84,11 @@ async def test_sigterm_lets_50_live_streams_finish_and_writes_their_transcripts(
             "SELECT student_id, weighted, estimated FROM usage_events WHERE course_id = $1", COURSE)
     assert transcripts == STREAMS
     assert len(events) == STREAMS and all(e["weighted"] > 0 and not e["estimated"] for e in events)
+
+
+def _how_it_ended(task: asyncio.Task[bytes]) -> str:
+    """For a failure message: a stream task's exception, or the tail of what it received."""
+    if task.cancelled():
+        return "cancelled"
+    error = task.exception()
+    return repr(error) if error is not None else f"returned ...{task.result()[-200:]!r}"
