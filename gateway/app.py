@@ -37,7 +37,7 @@ from .proxy import Proxy
 from .quota_api import QuotaApi
 from .redis_client import REDIS_DOWN, create_redis, create_subscriber
 from .settings import Settings
-from .tasks import stop_task
+from .tasks import stop_tasks
 from .upstream import create_session
 from .writer import TranscriptWriter
 
@@ -135,7 +135,7 @@ async def _metrics_sync(app: web.Application) -> AsyncIterator[None]:
 
     task = asyncio.create_task(loop(), name="metrics-sync")
     yield
-    await stop_task(task)
+    await stop_tasks(task)
     app[appkeys.METRICS].sync(_readings(app))
 
 

@@ -14,7 +14,7 @@ import ctypes
 import ctypes.util
 from collections.abc import Callable
 
-from .tasks import stop_task
+from .tasks import stop_tasks
 
 Trim = Callable[[int], int]
 
@@ -47,7 +47,7 @@ class HeapTrimmer:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="heap-trimmer")
 
     async def stop(self) -> None:
-        await stop_task(self._task)
+        await stop_tasks(self._task)
         self._task = None
 
     async def _run(self) -> None:

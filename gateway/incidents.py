@@ -29,7 +29,7 @@ import sentry_sdk
 from . import audit
 from .db import transaction
 from .leaks import Finding
-from .tasks import stop_task
+from .tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ class Alerter:
                 await asyncio.wait_for(self.drain(), timeout_s)
             except TimeoutError:
                 log.warning("alerter closing with %d alerts undelivered", self._queue.qsize())
-            await stop_task(self._task)
+            await stop_tasks(self._task)
             self._task = None
         if self._own_session and self._session is not None:
             await self._session.close()

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from .keyspace import Keyspace
 from .redis_client import REDIS_DOWN, AnyRedis
-from .tasks import stop_task
+from .tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class InvalidationListener:
         self._task = asyncio.create_task(self._run(), name="invalidation-listener")
 
     async def close(self) -> None:
-        await stop_task(self._task)
+        await stop_tasks(self._task)
         self._task = None
         await self._client.aclose()
 

@@ -1,4 +1,4 @@
-"""Background tasks: the one way to stop one."""
+"""Background tasks: the one way to stop them."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import contextlib
 from typing import Any
 
 
-async def stop_task(task: asyncio.Task[Any] | None) -> None:
-    """Cancel ``task`` (if any) and wait until it has finished."""
-    if task is None:
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+async def stop_tasks(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancel every task given (``None`` skipped), then wait until each has finished."""
+    running = [task for task in tasks if task is not None]
+    for task in running:
+        task.cancel()
+    for task in running:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -29,7 +29,6 @@ time stays in the spool for the next start.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import os
@@ -48,6 +47,7 @@ import orjson
 
 from gateway import contentstore
 from gateway.spool import Segment, Spool, SpoolError
+from gateway.tasks import stop_tasks
 from gateway.transcript import TranscriptRecord, decode, encode, storable
 
 log = logging.getLogger(__name__)
@@ -329,12 +329,7 @@ class TranscriptWriter:
     async def close(self) -> None:
         """Stop now; whatever has not committed stays in the spool and is replayed on the next start."""
         self._stopping = True
-        tasks = [t for t in (self._runner, self._syncer, *self._batches) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(self._runner, self._syncer, *self._batches)
         self._runner = self._syncer = None
         if self._open:
             self._open = False
