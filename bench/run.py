@@ -369,7 +369,7 @@ async def scale(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
 async def profile(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     if pyspy.find_pyspy() is None:
         return {"meta": meta(args), "error": "py-spy not installed (pip install py-spy)"}
-    seconds = 5 if args.quick else 20
+    seconds = int(args.duration) if args.duration else (5 if args.quick else 20)
     gateway = await stack.start_gateway(1)
     bodies = make_bodies(args.profile_kb * 1000, stream=True)
     target = stack.through_gateway()

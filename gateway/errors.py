@@ -22,8 +22,9 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
-import sentry_sdk
 from aiohttp import web
+
+from .sentry import capture_exception
 
 log = logging.getLogger(__name__)
 
@@ -117,5 +118,5 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         raise
     except Exception as exc:  # a bug: report it, answer in the API's shape, never leak details
         log.exception("unhandled error in %s %s (%s)", request.method, request.path, request_id)
-        sentry_sdk.capture_exception(exc)
+        capture_exception(exc)
         return render(GatewayError("Internal gateway error; it has been reported."), request_id)

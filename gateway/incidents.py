@@ -24,11 +24,11 @@ from typing import Any, TypeAlias
 import aiohttp
 import asyncpg
 import orjson
-import sentry_sdk
 
 from . import audit
 from .db import transaction
 from .leaks import Finding
+from .sentry import capture_message
 from .tasks import stop_tasks
 
 log = logging.getLogger(__name__)
@@ -258,9 +258,7 @@ class Alerter:
 
     @staticmethod
     def _to_sentry(payload: Mapping[str, Any]) -> None:
-        if not sentry_sdk.is_initialized():
-            return
-        sentry_sdk.capture_message(
+        capture_message(
             str(payload.get("summary") or f"Leaked secret ({payload.get('kind')}) in a prompt"),
             level="warning",
             tags={k: str(payload[k]) for k in ("course_id", "student_id", "rule_id", "severity") if k in payload},

@@ -3,14 +3,16 @@
 Request bodies are never sent (``max_request_body_size="never"``), local variables are off, PII stays at the SDK's
 default (off), and ``before_send`` drops credential headers and scrubs anything that looks like a key from every
 string in the event.
+
+``sentry_sdk`` (and the urllib3 it brings: ~5 MB of a worker's memory) is imported only when a DSN is set. The
+rest of the gateway reports through :func:`capture_exception` and :func:`capture_message`, which do nothing
+unless the SDK was imported, and so initialised, by someone.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
-
-import sentry_sdk
-from sentry_sdk.integrations.aiohttp import AioHttpIntegration
 
 from .logs import scrub
 from .settings import Settings
@@ -45,9 +47,30 @@ def init_sentry(settings: Settings, **extra: Any) -> bool:
     options: dict[str, Any] = {"dsn": settings.sentry_dsn, **extra}
     if not options["dsn"]:
         return False
+    import sentry_sdk
+    from sentry_sdk.integrations.aiohttp import AioHttpIntegration
+
     sentry_sdk.init(
         integrations=[AioHttpIntegration()], max_request_body_size="never",
         include_local_variables=False, before_send=before_send,  # type: ignore[arg-type]
         traces_sample_rate=0.0, **options,
     )
     return True
+
+
+def _sdk() -> Any:
+    """The SDK module if anything imported it (it cannot be initialised otherwise), else None."""
+    return sys.modules.get("sentry_sdk")
+
+
+def capture_exception(exc: BaseException) -> None:
+    sdk = _sdk()
+    if sdk is not None:
+        sdk.capture_exception(exc)
+
+
+def capture_message(message: str, **fields: Any) -> None:
+    """``sentry_sdk.capture_message`` when Sentry is initialised; nothing otherwise."""
+    sdk = _sdk()
+    if sdk is not None and sdk.is_initialized():
+        sdk.capture_message(message, **fields)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import uuid
 from typing import Any
 
@@ -36,7 +38,7 @@ def sentry_capture(gateway: Harness) -> Any:
     init_sentry(gateway.settings, transport=transport, dsn="http://public@127.0.0.1:9/1")
     yield transport
     sentry_sdk.get_client().close()
-    sentry_sdk.init()  # back to a disabled client
+    sentry_sdk.get_global_scope().set_client(None)  # back to no client at all (is_initialized() is False)
 
 
 async def test_sentry_event_has_no_key_or_prompt(gateway: Harness, sentry_capture: CapturingTransport) -> None:
@@ -59,6 +61,19 @@ async def test_sentry_event_has_no_key_or_prompt(gateway: Harness, sentry_captur
     assert b"policy store exploded" in raw  # the event is the one we caused
     for secret in (h.key, h.fake.api_key, PROMPT, COOKIE):
         assert secret.encode() not in raw
+
+
+def test_without_a_dsn_the_worker_never_imports_sentry() -> None:
+    """The SDK and its urllib3 cost a worker ~5 MB; without a DSN nothing may import them (a fresh interpreter:
+    this test process has imported the SDK itself)."""
+    code = ("import sys, gateway.serve, gateway.app, gateway.proxy, gateway.errors, gateway.incidents, gateway.cli; "
+            "from gateway.sentry import capture_exception, capture_message, init_sentry; "
+            "from gateway.settings import Settings; "
+            "assert not init_sentry(Settings(upstream_api_key='k', sentry_dsn=None)); "
+            "capture_exception(RuntimeError('x')); capture_message('y'); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sentry_sdk', 'urllib3')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 async def test_one_structured_log_line_per_request(gateway: Harness, caplog: pytest.LogCaptureFixture) -> None:
