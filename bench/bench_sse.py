@@ -25,7 +25,7 @@ def stream_frames(deltas: int) -> list[bytes]:
     usage = {"input_tokens": 52, "cache_creation_input_tokens": 2143, "cache_read_input_tokens": 48211,
              "cache_creation": {"ephemeral_5m_input_tokens": 2143, "ephemeral_1h_input_tokens": 0},
              "output_tokens": 1, "service_tier": "standard"}
-    message = {"id": "msg_01XFDUDYJgAACzvnptvVoYEL", "type": "message", "role": "assistant",
+    message: dict[str, Any] = {"id": "msg_01XFDUDYJgAACzvnptvVoYEL", "type": "message", "role": "assistant",
                "model": "claude-opus-5-5", "content": [], "stop_reason": None, "stop_sequence": None,
                "usage": usage}
     text_deltas = deltas * 3 // 5

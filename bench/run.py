@@ -283,6 +283,25 @@ async def slow_streams(stack: Stack, args: argparse.Namespace) -> dict[str, Any]
     return out
 
 
+#: Idle time before the settled RSS reading: longer than the gateway's heap-trim interval (heap_trim_interval_s).
+SETTLE_S = 3.0
+
+
+async def writer_drained(base_url: str, timeout_s: float = 60.0) -> bool:
+    """Waits until the gateway's transcript queue is empty (its /metrics gauge); False if it stays busy."""
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        while time.monotonic() < deadline:
+            async with session.get(base_url + "/metrics") as resp:
+                text = await resp.text()
+            depth = [line.split()[-1] for line in text.splitlines()
+                     if line.startswith("gateway_writer_queue_depth")]
+            if depth and all(float(d) == 0 for d in depth):
+                return True
+            await asyncio.sleep(0.2)
+    return False
+
+
 async def rss_after(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     total = args.requests or (2_000 if args.quick else 50_000)
     await stack.stop_gateway()
@@ -306,12 +325,18 @@ async def rss_after(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         log(f"  after {checkpoints[-1]['requests']} requests: RSS {mem.rss_mb} MB (peak {mem.hwm_mb} MB)")
     cpu = tree_cpu_seconds(gateway.pid) - cpu_before
     final = memory(gateway.pid)
+    drained = await writer_drained(gateway.url)
+    await asyncio.sleep(SETTLE_S)
+    settled = memory(gateway.pid)
+    log(f"  settled (writer queue {'empty' if drained else 'NOT empty'}, {SETTLE_S:.0f} s idle): "
+        f"RSS {settled.rss_mb} MB")
     code = await stack.stop_gateway()  # drains the transcript writer
     transcripts_after = await stack.count_rows("transcripts")
     written = (None if transcripts_after is None or transcripts_before is None
                else transcripts_after - transcripts_before)
     return {"requests": total + 100, "ok": done.ok + 100, "errors": dict(done.errors),
             "error_samples": done.error_samples, "rss_mb": final.rss_mb, "peak_rss_mb": final.hwm_mb,
+            "settled_rss_mb": settled.rss_mb, "writer_drained": drained,
             "rss_at_start_mb": start.rss_mb, "rss_idle_mb": idle.rss_mb, "checkpoints": checkpoints,
             "rps": round(done.rps, 1),
             "cpu_ms_per_req": round(1e3 * cpu / max(1, done.ok), 3), "gateway_exit": code,

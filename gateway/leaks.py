@@ -8,9 +8,11 @@ request is scanned::
           ├─ each piece: looked up in the Scanner's LRU by the text itself (Python's str hash, then an exact
           │  comparison, so a hit can never be a different text); a piece seen before -- Claude Code resends the
           │  whole conversation every turn -- takes its hits from there. That "hot" tier keeps the texts, bounded
-          │  in bytes; texts pushed out of it leave a "cold" entry keyed by 128 bits of the SHA-256 of their UTF-8
-          │  (bounded in entries), which is computed only for pieces the hot tier does not hold. New pieces are
-          │  joined (as UTF-8)
+          │  in bytes; texts pushed out of it leave a "cold" entry (bounded in entries) keyed by the text's str
+          │  hash and its length: the hash the hot lookup computed already (SipHash-1-3, 64 bits, keyed at random
+          │  per process, so no one outside can aim at a collision; by chance, with 50,000 entries, one lookup in
+          │  ~3.7e14 would take another text's result). A cold entry costs ~240 bytes and no text, and finding
+          │  one costs no encoding or hashing. New pieces are joined (as UTF-8)
           │  and searched once per group of keywords; a rule's regex runs only on the pieces holding one of its
           │  keywords, on the text and, when it holds backslashes, on its JSON-unescaped view
           │  (``\\n``, ``\\/``, ``\\u…``).
@@ -27,7 +29,6 @@ JSON-escaped spellings) in the raw request bytes for the stored transcript.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import itertools
 import math
 import re
@@ -74,8 +75,7 @@ MIN_SECRET_CHARS = 20
 MIN_FRAGMENT = 8
 #: Characters of context kept on each side of a finding in its (redacted) excerpt.
 EXCERPT_CONTEXT = 32
-#: Pieces this short are their own cache key (hashing them costs more than it saves).
-SHORT_PIECE = 64
+_HASH_BITS = (1 << 64) - 1
 
 _SEPARATOR = b"\x00"  # joins pieces for the batched keyword search; no keyword contains it
 _SKIP_KEYS = frozenset({"type", "id", "tool_use_id", "signature", "encrypted_content", "encrypted_index",
@@ -240,11 +240,15 @@ class _Entry:
     """What a Scanner remembers about one text it has scanned."""
 
     hits: tuple[_Hit, ...]
-    digest: bytes | str  # key in the cold tier: the text itself when short, else 128 bits of its UTF-8's SHA-256
-    size: int  # what its text costs in the hot tier (sys.getsizeof)
+    cold_key: int  # key in the cold tier: cold_key(text)
     serial: int  # unique per Scanner: names this text in a neighbour's junction result
     prev: int = -1  # serial of the piece just before this one when ``junction`` was computed
     junction: tuple[_Hit, ...] = _NO_HITS  # hits straddling the junction (that piece, this one)
+
+
+def cold_key(text: str) -> int:
+    """A text's key in the Scanner's cold tier: its str hash (cached on the str) and its length, in one int."""
+    return (hash(text) & _HASH_BITS) | (len(text) << 64)
 
 
 def _excerpt(text: str, hit_start: int, hit_end: int, hits: Sequence[_Hit]) -> str:
@@ -438,10 +442,11 @@ class Scanner:
     """Scans requests with a fixed rule set; owns a bounded LRU of per-piece and per-junction results.
 
     ``cache_entries`` bounds the number of texts remembered, ``cache_bytes`` the memory of the texts kept in
-    the hot tier (see the module docstring)."""
+    the hot tier (see the module docstring). By default no text is kept: a cold entry is found as fast as a hot
+    one, and the texts would cost ~8 MB more per worker for no measurable gain (bench/README.md)."""
 
     def __init__(self, rules: Sequence[Rule], virtual_key_check: VirtualKeyCheck | None = None, *,
-                 cache_entries: int = 65_536, cache_bytes: int = 8 << 20) -> None:
+                 cache_entries: int = 65_536, cache_bytes: int = 0) -> None:
         self._rules = tuple(rules)
         self._check = virtual_key_check
         self._prefilter = _Prefilter(self._rules)
@@ -451,7 +456,7 @@ class Scanner:
         self._multiline = frozenset(i for i, r in enumerate(self._rules) if r.multiline)
         self._hot: OrderedDict[str, _Entry] = OrderedDict()
         self._hot_bytes = 0
-        self._cold: OrderedDict[bytes | str, _Entry] = OrderedDict()
+        self._cold: OrderedDict[int, _Entry] = OrderedDict()
         # Junctions whose right-hand text already keeps another neighbour's result (a text that recurs after
         # different pieces, e.g. a tool name): (left serial, right serial) -> hits, LRU, a quarter of the entries.
         self._pairs: OrderedDict[tuple[int, int], tuple[_Hit, ...]] = OrderedDict()
@@ -465,7 +470,7 @@ class Scanner:
 
     @classmethod
     def load(cls, virtual_key_check: VirtualKeyCheck | None = None, *, rules: Sequence[Rule] | None = None,
-             cache_entries: int = 65_536, cache_bytes: int = 8 << 20) -> Scanner:
+             cache_entries: int = 65_536, cache_bytes: int = 0) -> Scanner:
         """A scanner over the packaged rules. Without ``virtual_key_check`` the virtual-key rule finds nothing."""
         return cls(load_rules() if rules is None else rules, virtual_key_check, cache_entries=cache_entries,
                    cache_bytes=cache_bytes)
@@ -513,37 +518,47 @@ class Scanner:
 
     def _entries(self, texts: list[str]) -> list[_Entry]:
         """Each text's cache entry; texts seen for the first time are scanned (and remembered) here."""
-        hot = self._hot
         found: list[_Entry | None] = []
         missing: list[int] = []
-        for i, text in enumerate(texts):
-            entry = hot.get(text)  # str hash (cached on the str), then identity or an exact comparison
-            if entry is None:
-                missing.append(i)
-            else:
-                hot.move_to_end(text)
-            found.append(entry)
+        if self._cache_bytes:
+            hot = self._hot
+            for i, text in enumerate(texts):
+                entry = hot.get(text)  # str hash (cached on the str), then identity or an exact comparison
+                if entry is None:
+                    missing.append(i)
+                else:
+                    hot.move_to_end(text)
+                found.append(entry)
+        else:  # no hot tier: the cold one, by key (cold_key, inline: this loop runs for every piece)
+            cold = self._cold
+            for i, text in enumerate(texts):
+                key = hash(text) & _HASH_BITS | len(text) << 64
+                entry = cold.get(key)
+                if entry is None:
+                    missing.append(i)
+                else:
+                    cold.move_to_end(key)
+                found.append(entry)
         if not missing:
             self.pieces_cached += len(texts)
             return cast(list[_Entry], found)  # no None in it
         here: dict[str, _Entry] = {}  # entries found or made in this call (the LRU may drop them meanwhile)
-        fresh: dict[str, tuple[bytes, bytes | str]] = {}  # text -> (UTF-8, digest), to scan
+        fresh: dict[str, int] = {}  # text -> its cold key, to scan
         for i in missing:
             text = texts[i]
             if text in here or text in fresh:
                 continue
-            data = text.encode("utf-8", "surrogatepass")
-            digest = text if len(text) <= SHORT_PIECE else hashlib.sha256(data).digest()[:16]
-            entry = self._cold.pop(digest, None)
+            key = cold_key(text)
+            entry = self._cold.pop(key, None)
             if entry is None:
-                fresh[text] = (data, digest)
+                fresh[text] = key
             else:
                 here[text] = entry
                 self._admit(text, entry)
         if fresh:
-            scanned = self._scan_fresh_pieces(list(fresh), [data for data, _ in fresh.values()])
-            for (text, (_, digest)), hits in zip(fresh.items(), scanned, strict=True):
-                here[text] = entry = _Entry(hits, digest, sys.getsizeof(text), next(self._serials))
+            scanned = self._scan_fresh_pieces(list(fresh), [text.encode("utf-8", "surrogatepass") for text in fresh])
+            for (text, key), hits in zip(fresh.items(), scanned, strict=True):
+                here[text] = entry = _Entry(hits, key, next(self._serials))
                 self._admit(text, entry)
         self.pieces_cached += len(texts) - len(fresh)
         return [entry if entry is not None else here[texts[i]] for i, entry in enumerate(found)]
@@ -551,18 +566,23 @@ class Scanner:
     def _admit(self, text: str, entry: _Entry) -> None:
         """Put ``entry`` in the hot tier; demote (bytes) and drop (entries) the least recently used."""
         hot, cold = self._hot, self._cold
+        if not self._cache_bytes:  # no texts kept (the default): straight to the cold tier
+            cold[entry.cold_key] = entry
+            if len(cold) > self._cache_entries - self._pairs_max:
+                cold.popitem(last=False)
+            return
         hot[text] = entry
-        self._hot_bytes += entry.size
+        self._hot_bytes += sys.getsizeof(text)  # what a text costs the hot tier (not kept per entry: 40 B each)
         while self._hot_bytes > self._cache_bytes and hot:
-            _, old = hot.popitem(last=False)
-            self._hot_bytes -= old.size
-            cold[old.digest] = old
+            old_text, old = hot.popitem(last=False)
+            self._hot_bytes -= sys.getsizeof(old_text)
+            cold[old.cold_key] = old
         while len(hot) + len(cold) > self._cache_entries - self._pairs_max:
             if cold:
                 cold.popitem(last=False)
             else:
-                _, old = hot.popitem(last=False)
-                self._hot_bytes -= old.size
+                old_text, _ = hot.popitem(last=False)
+                self._hot_bytes -= sys.getsizeof(old_text)
 
     def _junctions(self, texts: list[str], entries: list[_Entry]) -> list[tuple[_Hit, ...]]:
         """Hits straddling each junction of consecutive pieces: kept with the right-hand piece's entry as long

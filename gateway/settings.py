@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # Caches: memory against CPU (bench/README.md, "RSS"). Sized for a class: ~200 live sessions' messages.
     scan_cache_entries: int = Field(default=65_536, ge=64)  # texts the leak scanner remembers as scanned
-    scan_cache_bytes: int = Field(default=8 << 20, ge=0)  # of which kept as text (exact hits, no hashing)
+    scan_cache_bytes: int = Field(default=0, ge=0)  # of which kept as text (exact hits; 0: keys only, leaks.py)
     writer_blob_cache_entries: int = Field(default=50_000, ge=0)  # content hashes known to be stored
     heap_trim_interval_s: float = 2.0  # workers hand freed heap back to the OS this often (0: never); heap.py
     contact: str = "your course convenor"

@@ -286,6 +286,21 @@ def test_a_text_that_recurs_after_different_pieces_still_catches_a_split_key() -
     assert blocking(scanner, split_key) == [finding]  # again, from the cache
 
 
+def test_by_default_no_text_is_kept_yet_known_texts_are_not_scanned_again() -> None:
+    scanner = Scanner(RULES)
+    clean = "x" * len(ANTHROPIC) + " in the config"
+    for i in range(40):
+        scanner.scan_request(body(user(text(f"message number {i} " * 20)), user(text(clean))))
+    assert scanner.cache_text_bytes == 0 and scanner.cache_size > 0
+    scanned = scanner.pieces_scanned
+    assert scanner.scan_request(body(user(text("message number 3 " * 20)))) == []
+    assert scanner.pieces_scanned == scanned  # known by its key
+    same_length = ANTHROPIC + " in the config"  # as long as a known clean text: a different key all the same
+    assert len(same_length) == len(clean)
+    (finding,) = blocking(scanner, body(user(text(same_length))))
+    assert finding.rule_id == "anthropic_api_key" and scanner.pieces_scanned == scanned + 1
+
+
 def test_the_texts_kept_are_bounded_in_bytes_and_evicted_texts_are_still_recognised() -> None:
     scanner = Scanner(RULES, cache_bytes=4_000)
     for i in range(40):
