@@ -16,7 +16,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from . import appkeys
 from .admin_api import register_admin_routes
-from .db import create_pool
+from .db import close_pool, create_pool
 from .debits import DebitJournal
 from .embedded import Endpoints, data_path, resolve
 from .errors import error_middleware
@@ -84,7 +84,7 @@ async def _postgres(app: web.Application) -> AsyncIterator[None]:
         log.info("applied migrations: %s", ", ".join(applied))
     app[appkeys.PG_POOL] = pool
     yield
-    await pool.close()
+    await close_pool(pool)
 
 
 async def _core(app: web.Application) -> AsyncIterator[None]:

@@ -5,14 +5,14 @@ request is scanned::
 
     body ──walk──> text pieces, in order (system, messages[i].content[j], tool_use inputs, tool results, …)
           │
-          ├─ each piece: looked up in the Scanner's LRU by the text itself (Python's str hash, then an exact
-          │  comparison, so a hit can never be a different text); a piece seen before -- Claude Code resends the
-          │  whole conversation every turn -- takes its hits from there. That "hot" tier keeps the texts, bounded
-          │  in bytes; texts pushed out of it leave a "cold" entry (bounded in entries) keyed by the text's str
-          │  hash and its length: the hash the hot lookup computed already (SipHash-1-3, 64 bits, keyed at random
-          │  per process, so no one outside can aim at a collision; by chance, with 50,000 entries, one lookup in
-          │  ~3.7e14 would take another text's result). A cold entry costs ~240 bytes and no text, and finding
-          │  one costs no encoding or hashing. New pieces are joined (as UTF-8)
+          ├─ each piece: looked up in the Scanner's LRU by its length and its Python str hash (SipHash-1-3,
+          │  64 bits, keyed at random per process and cached on the str: no encoding, no other hashing); a piece
+          │  seen before -- Claude Code resends the whole conversation every turn -- takes its hits from there.
+          │  An entry costs ~240 bytes and keeps no text. No one outside the process can aim at a collision; by
+          │  chance, with 50,000 entries, one lookup in ~3.7e14 would take another text's result. With
+          │  ``cache_bytes`` > 0 a "hot" tier in front also keeps that many bytes of texts, looked up by the text
+          │  itself (hash, then an exact comparison); texts pushed out of it stay in the keyed, "cold", tier.
+          │  New pieces are joined (as UTF-8)
           │  and searched once per group of keywords; a rule's regex runs only on the pieces holding one of its
           │  keywords, on the text and, when it holds backslashes, on its JSON-unescaped view
           │  (``\\n``, ``\\/``, ``\\u…``).
@@ -564,7 +564,8 @@ class Scanner:
         return [entry if entry is not None else here[texts[i]] for i, entry in enumerate(found)]
 
     def _admit(self, text: str, entry: _Entry) -> None:
-        """Put ``entry`` in the hot tier; demote (bytes) and drop (entries) the least recently used."""
+        """Remember ``entry`` (in the hot tier if texts are kept, else the cold one); demote (bytes) and drop
+        (entries) the least recently used."""
         hot, cold = self._hot, self._cold
         if not self._cache_bytes:  # no texts kept (the default): straight to the cold tier
             cold[entry.cold_key] = entry

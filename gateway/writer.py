@@ -46,6 +46,7 @@ import asyncpg
 import orjson
 
 from gateway import contentstore
+from gateway.db import close_pool
 from gateway.spool import Segment, Spool, SpoolError
 from gateway.tasks import stop_tasks
 from gateway.transcript import TranscriptRecord, decode, encode, storable
@@ -335,7 +336,7 @@ class TranscriptWriter:
             self._open = False
             await asyncio.to_thread(self.spool.close)
         if self._pool_factory is not None and self._pool is not None:
-            await self._pool.close()
+            await close_pool(self._pool)
             self._pool = None
 
     async def wait_idle(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
