@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import logging
 import math
 import re
 import string
@@ -42,6 +43,8 @@ from importlib.resources import files
 from typing import Any, Literal, Protocol, cast
 
 import orjson
+
+log = logging.getLogger(__name__)
 
 Severity = Literal["block", "alert"]
 SEVERITIES: tuple[Severity, ...] = ("block", "alert")
@@ -449,6 +452,9 @@ class Scanner:
                  cache_entries: int = 65_536, cache_bytes: int = 0) -> None:
         self._rules = tuple(rules)
         self._check = virtual_key_check
+        if not sys.flags.hash_randomization:
+            log.warning("PYTHONHASHSEED is fixed: the leak scanner's cache keys (str hashes) are predictable, so a "
+                        "crafted text could take another text's result; leave PYTHONHASHSEED unset")
         self._prefilter = _Prefilter(self._rules)
         multiline_keywords = sorted({k for r in self._rules if r.multiline for k in r.keywords})
         self._multiline_keywords = (re.compile("|".join(map(re.escape, multiline_keywords)))

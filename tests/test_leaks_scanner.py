@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Any
 
 import orjson
@@ -299,6 +302,14 @@ def test_by_default_no_text_is_kept_yet_known_texts_are_not_scanned_again() -> N
     assert len(same_length) == len(clean)
     (finding,) = blocking(scanner, body(user(text(same_length))))
     assert finding.rule_id == "anthropic_api_key" and scanner.pieces_scanned == scanned + 1
+
+
+@pytest.mark.parametrize("seed", [None, "0"])
+def test_a_fixed_hash_seed_is_warned_about(seed: str | None) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"} | ({"PYTHONHASHSEED": seed} if seed else {})
+    code = "import logging; logging.basicConfig(); from gateway.leaks import Scanner; Scanner.load()"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True)
+    assert ("PYTHONHASHSEED is fixed" in out.stderr) == (seed is not None)
 
 
 def test_the_texts_kept_are_bounded_in_bytes_and_evicted_texts_are_still_recognised() -> None:
