@@ -233,7 +233,7 @@ class TranscriptWriter:
         batch_size: int = 500,
         flush_interval_s: float = 0.2,
         queue_max: int = 10_000,
-        queue_max_bytes: int = 256 << 20,
+        queue_max_bytes: int = 64 << 20,
         worker_name: str | None = None,
         concurrency: int = 2,
         segment_max_bytes: int = 64 << 20,
@@ -395,6 +395,11 @@ class TranscriptWriter:
         self._enqueue(_Item(record, segment, size, time.monotonic()))
 
     def _enqueue(self, item: _Item) -> None:
+        if len(self._mem) >= self.batch_size:
+            # The writer is behind (Postgres slow or away): keep the body's bytes but let its parse go, which
+            # costs a few times their size in memory; the split parses the bytes again when the record's turn
+            # comes, as it does for records read back from the spool.
+            item.record.request_payload = None
         self._mem.append(item)
         self._mem_bytes += item.size
         if len(self._mem) == 1 or len(self._mem) >= self.batch_size:

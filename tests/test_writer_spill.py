@@ -8,6 +8,7 @@ import logging
 import os
 from pathlib import Path
 
+import orjson
 import pytest
 
 from gateway.writer import TranscriptWriter
@@ -49,6 +50,26 @@ async def test_a_full_queue_spills_to_the_spool_and_everything_arrives_once(
     assert segment_files(tmp_path / "spool") == [writer.spool.active.path]
     await writer.close()
     assert segment_files(tmp_path / "spool") == []
+
+
+async def test_records_queued_behind_a_full_batch_let_their_parse_go_and_are_stored_all_the_same(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    postgres_ready = asyncio.Event()
+    writer = TranscriptWriter(pool_factory(pg_dsn, postgres_ready), tmp_path / "spool", batch_size=10)
+    await writer.start()
+    sent = {}
+    for i in range(30):
+        record = make_record(i)
+        record.request_payload = orjson.loads(record.request_body)  # as the proxy hands it over
+        sent[record.request_id] = record.request_body
+        writer.submit(record)
+    queued = [item.record.request_payload is not None for item in writer._mem]  # what the queue holds in memory
+    assert queued == [True] * 10 + [False] * 20
+    postgres_ready.set()
+    await writer.wait_idle(60)
+    assert await stored_bodies(pg_dsn) == sent  # parsed again from the bytes: byte-exact all the same
+    await writer.close()
 
 
 async def test_the_byte_bound_spills_too(pg_dsn: str, tmp_path: Path) -> None:
