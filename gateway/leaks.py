@@ -535,10 +535,10 @@ class Scanner:
                 else:
                     hot.move_to_end(text)
                 found.append(entry)
-        else:  # no hot tier: the cold one, by key (cold_key, inline: this loop runs for every piece)
+        else:  # no hot tier: the cold one, by key
             cold = self._cold
             for i, text in enumerate(texts):
-                key = hash(text) & _HASH_BITS | len(text) << 64
+                key = cold_key(text)
                 entry = cold.get(key)
                 if entry is None:
                     missing.append(i)
@@ -573,17 +573,15 @@ class Scanner:
         """Remember ``entry`` (in the hot tier if texts are kept, else the cold one); demote (bytes) and drop
         (entries) the least recently used."""
         hot, cold = self._hot, self._cold
-        if not self._cache_bytes:  # no texts kept (the default): straight to the cold tier
+        if self._cache_bytes:
+            hot[text] = entry
+            self._hot_bytes += sys.getsizeof(text)  # what a text costs the hot tier (not kept per entry: 40 B each)
+            while self._hot_bytes > self._cache_bytes and hot:
+                old_text, old = hot.popitem(last=False)
+                self._hot_bytes -= sys.getsizeof(old_text)
+                cold[old.cold_key] = old
+        else:  # no texts kept (the default): straight to the cold tier
             cold[entry.cold_key] = entry
-            if len(cold) > self._cache_entries - self._pairs_max:
-                cold.popitem(last=False)
-            return
-        hot[text] = entry
-        self._hot_bytes += sys.getsizeof(text)  # what a text costs the hot tier (not kept per entry: 40 B each)
-        while self._hot_bytes > self._cache_bytes and hot:
-            old_text, old = hot.popitem(last=False)
-            self._hot_bytes -= sys.getsizeof(old_text)
-            cold[old.cold_key] = old
         while len(hot) + len(cold) > self._cache_entries - self._pairs_max:
             if cold:
                 cold.popitem(last=False)
