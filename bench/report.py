@@ -101,16 +101,11 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
     rss = (results.get("scale") or {}).get("rss")
     if rss:
-        settled = rss.get("settled_rss_mb")
-        if settled is None:  # results from before the settled reading existed
-            out.append((f"RSS ≤ 100 MB after 50,000 requests (measured after {rss['requests']:,})",
-                        f"{rss['rss_mb']} MB (peak {rss['peak_rss_mb']} MB)", _check(rss["rss_mb"], "<=", 100)
-                        + ("" if rss["requests"] >= 50_000 else " (fewer requests)")))
-        else:
-            out.append((f"RSS ≤ 100 MB after 50,000 requests (measured after {rss['requests']:,}, settled: "
-                        f"transcripts written, {SETTLE_NOTE})",
-                        f"{settled} MB settled; {rss['rss_mb']} MB at the last reply (peak {rss['peak_rss_mb']} MB)",
-                        _check(settled, "<=", 100) + ("" if rss["requests"] >= 50_000 else " (fewer requests)")))
+        settled = rss["settled_rss_mb"]
+        out.append((f"RSS ≤ 100 MB after 50,000 requests (measured after {rss['requests']:,}, settled: "
+                    f"transcripts written, {SETTLE_NOTE})",
+                    f"{settled} MB settled; {rss['rss_mb']} MB at the last reply (peak {rss['peak_rss_mb']} MB)",
+                    _check(settled, "<=", 100) + ("" if rss["requests"] >= 50_000 else " (fewer requests)")))
     slow = (results.get("scale") or {}).get("slow_streams")
     for name, how in (("gateway", "all at once"), ("gateway_ramped", "started over 2 s")):
         if slow and name in slow:
@@ -231,7 +226,7 @@ def render_scale(s: dict[str, Any]) -> list[str]:
         lines += [f"### Memory over {rss['requests']:,} requests (one worker, fresh process, streamed 50 KB, c=50)",
                   "", f"RSS {rss.get('rss_idle_mb', '-')} MB idle after start, {rss['rss_at_start_mb']} MB after "
                   f"warm-up → **{rss['rss_mb']} MB** at the last reply, "
-                  f"**{rss.get('settled_rss_mb', '-')} MB** settled ({SETTLE_NOTE}) "
+                  f"**{rss['settled_rss_mb']} MB** settled ({SETTLE_NOTE}) "
                   f"(peak {rss['peak_rss_mb']} MB); {rss['ok']:,} ok, errors {rss['errors'] or 0}; "
                   f"{rss['rps']} req/s; {rss['cpu_ms_per_req']} gateway CPU ms/req; transcripts in Postgres after "
                   f"shutdown: {rss['transcripts_written']}.", "", "| requests | RSS MB | peak MB |", "|---|---|---|"]
